@@ -1,0 +1,61 @@
+"""The Typer app behind the `progan` console script.
+
+Each command lives in its own module under `progan_cli.cli` with a `register(app)` function; heavy imports
+(torch, h5py) happen inside the commands so `progan --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from progan_cli.errors import ProganError
+
+# Modules under progan_cli.cli that add commands, in the order `progan --help` lists them.
+COMMAND_MODULES = ("prep", "info")
+
+
+class _ProganGroup(TyperGroup):
+    """Turns a ProganError raised by any command into click's one-line `Error: ...` and its exit code."""
+
+    def invoke(self, ctx: click.Context):  # noqa: D102 - click's own hook
+        try:
+            return super().invoke(ctx)
+        except ProganError as exc:
+            err = click.ClickException(str(exc))
+            err.exit_code = exc.exit_code
+            raise err from exc
+
+
+app = typer.Typer(
+    name="progan",
+    cls=_ProganGroup,
+    help="Progressive Growing of GANs: prep photos, train, sample and score.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from progan_cli import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"progan_cli.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Entry point of the `progan` console script."""
+    app()
