@@ -1,0 +1,147 @@
+"""Everything that defines a training run, in one frozen dataclass; a run's `config.json` is one.
+
+Defaults are the official code's `config.py` preset for one GPU (tkarras/progressive_growing_of_gans,
+"v2" preset): 600 kimg stable + 600 kimg fade per resolution, the per-resolution minibatch table and
+Adam(lr 0.001, betas (0, 0.99), eps 1e-8) with lr 0.0015 at 1024x1024.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from progan_cli.errors import UsageError
+
+# Official per-resolution minibatch (config.py, sched.minibatch_dict) and learning rate overrides.
+DEFAULT_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
+DEFAULT_LR = {1024: 0.0015}
+LOSS_NAMES = ("wgan-gp", "logistic", "lsgan")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All options of `progan train`. `total_kimg` None means: reach the target, then one stable phase."""
+
+    data: str  # the pyramid file (absolute path)
+    target: int = 128  # final resolution
+    # Networks (paper table 2): nf(stage) = min(fmap_base / 2^stage, fmap_max).
+    fmap_base: int = 8192
+    fmap_max: int = 512
+    latent_size: int = 512
+    mbstd_group_size: int = 4
+    # Schedule (official train.py TrainingSchedule).
+    stable_kimg: float = 600.0
+    fade_kimg: float = 600.0
+    total_kimg: float | None = None
+    minibatch: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_MINIBATCH))
+    minibatch_default: int = 16  # resolutions missing from `minibatch`
+    minibatch_repeats: int = 4  # minibatches between schedule updates (official)
+    lr: float = 0.001
+    lr_overrides: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_LR))
+    adam_betas: tuple[float, float] = (0.0, 0.99)
+    adam_eps: float = 1e-8
+    reset_adam: bool = True  # when floor(lod) or ceil(lod) changes (official reset_opt_for_new_lod)
+    ema_decay: float = 0.999  # G_ema, updated every step
+    # Loss and data.
+    loss: str = "wgan-gp"
+    mirror: bool = True
+    # Engine.
+    device: str = "cuda"
+    precision: str = "fp32"
+    seed: int = 0
+    workers: int = 2
+    # Bookkeeping: a tick is `tick_kimg` real images; maintenance (log, samples, checkpoints) once per tick.
+    tick_kimg: float = 20.0
+    snapshot_ticks: int = 10  # a checkpoint every this many ticks
+    keep_checkpoints: int = 5
+    grid: tuple[int, int] | None = None  # (columns, rows) of sample grids; None: fit ~1920x1080 at target
+    metrics: tuple[str, ...] = ()
+    metrics_ticks: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.target >= 4 and self.target <= 1024 and not self.target & (self.target - 1),
+               f"--target {self.target} is not a power of two between 4 and 1024")
+        _check(self.loss in LOSS_NAMES, f"--loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
+        _check(self.precision in PRECISIONS, f"--precision {self.precision!r} is not fp32 or bf16")
+        _check(self.stable_kimg > 0 and self.fade_kimg > 0, "--stable-kimg and --fade-kimg must be positive")
+        _check(self.total_kimg is None or self.total_kimg > 0, "--total-kimg must be positive")
+        _check(self.tick_kimg > 0, "--tick-kimg must be positive")
+        _check(min(self.fmap_base, self.fmap_max, self.latent_size) > 0, "network widths must be positive")
+        _check(all(n > 0 for n in self.minibatch.values()) and self.minibatch_default > 0,
+               "--minibatch sizes must be positive")
+        _check(self.snapshot_ticks > 0 and self.keep_checkpoints > 0 and self.metrics_ticks > 0,
+               "--snapshot-ticks, --keep and --metrics-ticks must be positive")
+        _check(self.workers >= 0, "--workers must be 0 or more")
+
+    @property
+    def resolutions(self) -> list[int]:
+        """4, 8, ..., target."""
+        return [2**k for k in range(2, self.target.bit_length())]
+
+    @property
+    def end_kimg(self) -> float:
+        """Where training stops: `total_kimg`, or the kimg at which the target has had one stable phase."""
+        if self.total_kimg is not None:
+            return self.total_kimg
+        growths = len(self.resolutions) - 1
+        return growths * (self.stable_kimg + self.fade_kimg) + self.stable_kimg
+
+    def minibatch_at(self, res: int) -> int:
+        return self.minibatch.get(res, self.minibatch_default)
+
+    def lr_at(self, res: int) -> float:
+        return self.lr_overrides.get(res, self.lr)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # JSON: int keys become strings and tuples lists; from_dict undoes both.
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UsageError(f"unknown config keys {sorted(unknown)} (written by a newer progan?)")
+        d = dict(d)
+        for key in ("minibatch", "lr_overrides"):
+            if key in d:
+                d[key] = {int(k): v for k, v in d[key].items()}
+        for key in ("adam_betas", "grid", "metrics"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        """Write as JSON, atomically."""
+        tmp = Path(path).with_name(Path(path).name + ".partial")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def parse_minibatch(text: str) -> dict[int, int]:
+    """`--minibatch` as `64` (every resolution) or `4:256,8:128` (named resolutions, others keep defaults)."""
+    try:
+        if ":" not in text:
+            n = int(text)
+            return {res: n for res in DEFAULT_MINIBATCH}
+        pairs = (item.split(":") for item in text.split(",") if item.strip())
+        return {**DEFAULT_MINIBATCH, **{int(r): int(n) for r, n in pairs}}
+    except ValueError:
+        raise UsageError(f"--minibatch {text!r}: give a number or RES:N pairs like 4:256,8:128") from None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)

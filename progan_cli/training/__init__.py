@@ -1,0 +1,1 @@
+"""Training: the schedule, one step, the progressive loop and its multi-process plumbing."""

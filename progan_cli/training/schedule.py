@@ -1,0 +1,51 @@
+"""The progressive-growing schedule: a pure function of the number of real images shown (paper section 3).
+
+Follows the official `TrainingSchedule` (tkarras/progressive_growing_of_gans, train.py):
+    kimg = cur_nimg / 1000;  phase = floor(kimg / (stable + fade));  t = kimg - phase * (stable + fade)
+    lod = log2(target) - 2 - phase - max(t - stable, 0) / fade, clipped at 0
+The level of detail `lod` counts halvings below the target: during a fade it falls from k+1 to k while the
+layers of resolution target / 2^k blend in with weight alpha = 1 - frac(lod). From the first image of a
+fade the new resolution already sets the minibatch, the learning rate and the pyramid level read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from progan_cli.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where training stands after `cur_nimg` real images."""
+
+    kimg: float
+    lod: float
+    res: int  # resolution G outputs and D reads: target / 2^floor(lod)
+    alpha: float  # weight of the newest layers; 1 in a stable phase
+    minibatch: int  # global, all ranks together
+    lr: float
+    phase: str  # "stable" or "fade"
+
+
+def schedule_at(cur_nimg: int, cfg: TrainConfig) -> Schedule:
+    """The schedule after `cur_nimg` real images (official TrainingSchedule)."""
+    kimg = cur_nimg / 1000.0
+    phase_kimg = cfg.stable_kimg + cfg.fade_kimg
+    phase_idx = math.floor(kimg / phase_kimg)
+    t = kimg - phase_idx * phase_kimg
+    lod = math.log2(cfg.target) - 2 - phase_idx - max(t - cfg.stable_kimg, 0.0) / cfg.fade_kimg
+    lod = max(lod, 0.0)
+    res = cfg.target >> math.floor(lod)
+    alpha = 1.0 - (lod - math.floor(lod))
+    return Schedule(kimg=kimg, lod=lod, res=res, alpha=alpha, minibatch=cfg.minibatch_at(res), lr=cfg.lr_at(res),
+                    phase="stable" if alpha == 1.0 else "fade")
+
+
+def adam_reset_needed(prev: Schedule, cur: Schedule) -> bool:
+    """Official `reset_opt_for_new_lod`: Adam starts afresh when floor(lod) or ceil(lod) changes.
+
+    That happens when a fade starts (ceil drops: new layers appear) and when it ends (floor drops).
+    """
+    return (math.floor(prev.lod) != math.floor(cur.lod)) or (math.ceil(prev.lod) != math.ceil(cur.lod))
