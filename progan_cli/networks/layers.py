@@ -1,0 +1,151 @@
+"""The building blocks of ProGAN's networks (Karras et al. 2018, section 4 and appendix A).
+
+Equalized learning rate (section 4.1): weights are drawn from N(0, 1) and multiplied at run time by
+gain / sqrt(fan_in), so Adam's per-parameter step sizes are equal for every layer. Biases start at zero and
+are not scaled. Pixel norm (section 4.2) and minibatch standard deviation (section 3) follow the official
+code (tkarras/progressive_growing_of_gans, networks.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_SLOPE = 0.2
+SQRT2 = math.sqrt(2.0)
+
+
+class EqualizedConv2d(nn.Module):
+    """k x k convolution, 'same' padding, with the equalized-lr run-time weight scale.
+
+    The scale multiplies the (small) weight tensor rather than the (large) activations: the same result as
+    scaling the output, for one multiply per call.
+
+    `resample="up"` computes conv(upsample2x(x)) and `resample="down"` computes downsample2x(conv(x)) as one
+    stride-2 (transposed) convolution with a 4x4 kernel made from the 3x3 one, like the official
+    `upscale2d_conv2d` / `conv2d_downscale2d` with fused_scale: the same function and parameters, for 4/9 of
+    the multiply-adds and no full-size intermediate.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        gain: float = SQRT2,
+        resample: str | None = None,
+    ) -> None:
+        super().__init__()
+        if resample not in (None, "up", "down"):
+            raise ValueError(f"resample must be None, 'up' or 'down', not {resample!r}")
+        if resample and kernel_size != 3:
+            raise ValueError("fused resampling is defined for 3x3 kernels")
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.padding = kernel_size // 2
+        self.resample = resample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.scale
+        if self.resample is None:
+            return F.conv2d(x, w, self.bias, padding=self.padding)
+        if self.resample == "up":
+            # conv_transpose2d correlates with the flipped kernel; (O, I) -> (I, O) is its weight layout.
+            return F.conv_transpose2d(x, _box4(w.flip(2, 3)).transpose(0, 1), self.bias, stride=2, padding=1)
+        return F.conv2d(x, _box4(w) * 0.25, self.bias, stride=2, padding=1)
+
+    def extra_repr(self) -> str:
+        o, i, k, _ = self.weight.shape
+        return f"{i}, {o}, kernel_size={k}, scale={self.scale:.4g}, resample={self.resample}"
+
+
+def _box4(w: torch.Tensor) -> torch.Tensor:
+    """The 4x4 kernel that sums the 3x3 kernel at its four 1-pixel shifts (official fused_scale)."""
+    w = F.pad(w, (1, 1, 1, 1))
+    return w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+
+
+class EqualizedLinear(nn.Module):
+    """Dense layer with the equalized-lr run-time weight scale (fan_in = in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = SQRT2, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+    def extra_repr(self) -> str:
+        o, i = self.weight.shape
+        return f"{i}, {o}, bias={self.bias is not None}, scale={self.scale:.4g}"
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """x / sqrt(mean over channels of x^2 + eps), per pixel (section 4.2); keeps x's dtype."""
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    """Leaky ReLU with slope 0.2, the only non-linearity in both networks (appendix A.1)."""
+    return F.leaky_relu(x, LRELU_SLOPE)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour x2 upscaling (official `upscale2d`)."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def downsample2x(x: torch.Tensor) -> torch.Tensor:
+    """2x2 box average (official `downscale2d`)."""
+    return F.avg_pool2d(x, 2)
+
+
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+    """Append one feature map: the average standard deviation of the features over a group (section 3).
+
+    As the official `minibatch_stddev_layer`: G = min(group_size, N) samples per group, sample i in group
+    i mod (N / G); per group, the biased variance over its G samples of every feature and pixel,
+    sqrt(var + 1e-8), averaged over C, H, W to one number, which fills the extra map of each sample of the
+    group. Computed in fp32 under autocast, as the official code does, and cast back to x's dtype.
+    """
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    if n % g:
+        raise ValueError(f"minibatch stddev: batch {n} is not a multiple of the group size {g}")
+    y = x.float().reshape(g, n // g, c, h, w)
+    y = (y - y.mean(dim=0)).square().mean(dim=0)
+    y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (M,): one value per group
+    y = y.to(x.dtype).reshape(1, n // g, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
+def nf(stage: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
+    """Feature maps at a stage: min(fmap_base / 2^stage, fmap_max); block r uses stage log2(r) - 1."""
+    return min(fmap_base // 2**stage, fmap_max)
+
+
+def stage_of(res: int, resolution: int) -> int:
+    """Index of the block that works at `res` (0 for 4x4); ValueError unless res is 4, 8, ..., resolution."""
+    if res < 4 or res > resolution or res & (res - 1):
+        raise ValueError(f"resolution {res} is not a power of two between 4 and {resolution}")
+    return res.bit_length() - 3
+
+
+def check_alpha(alpha: float | torch.Tensor) -> bool:
+    """Whether a forward must take the fade-in path; a tensor alpha always does (no recompiles per value)."""
+    if torch.is_tensor(alpha):
+        return True
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], not {alpha}")
+    return alpha < 1.0
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """a + (b - a) * alpha: alpha = 1 gives the newest block's path (the fade-in of section 3)."""
+    return a + (b - a) * alpha

@@ -1,0 +1,131 @@
+"""GAN losses for ProGAN training: WGAN-GP (the paper's, section 6 / appendix A.1), logistic, LSGAN.
+
+Every loss has `d_loss(D, reals, fakes, alpha)` and `g_loss(D, fakes, alpha)`, each returning
+`(loss, stats)`: a scalar to backpropagate and a dict of detached 0-d tensors for logging (no host sync
+here; call `.item()` when a tick reports). `d_loss` detaches `fakes` itself. Reals and fakes go through D in
+separate passes, as in the official code, so minibatch-stddev groups never mix them. Gradient penalties run
+D and its input gradient in fp32 with autocast off, so a bf16 run keeps an exact penalty.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Stats = dict[str, torch.Tensor]
+
+
+def scores_and_input_grad(
+    D: nn.Module, x: torch.Tensor, alpha: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """D(x) and d(sum D(x))/dx per sample, in fp32 with autocast off, the graph kept for the penalty's backward."""
+    x = x.detach().float().requires_grad_(True)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        scores = D(x, alpha).float()
+        (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
+    return scores, grad
+
+
+class WGANGP:
+    """WGAN-GP with the drift term (Gulrajani et al. 2017; Karras et al. 2018, appendix A.1).
+
+    D loss = D(fake) - D(real) + lambda * (||grad D(x_hat)|| - 1)^2 + drift * D(real)^2, averaged over the
+    minibatch, with x_hat = lerp(real, fake, u) and u ~ U(0, 1) per sample; G loss = -D(fake).
+
+    Where this differs from the official code: the penalty's gradient is taken with respect to the image at
+    the working resolution, as the PyTorch ports do. The official D always receives full-resolution images
+    (the working image nearest-upscaled by 2^k) and pools them down inside; the gradient with respect to
+    that input is the working-resolution gradient spread over 4^k copies of each pixel and divided by 4^k,
+    so its norm is ||g|| / 2^k, and the official penalty pulls ||g|| toward 2^k rather than 1 while the
+    working resolution is 2^k below the target. At the target resolution the two are identical.
+    """
+
+    def __init__(self, gp_lambda: float = 10.0, drift: float = 0.001, gp_target: float = 1.0) -> None:
+        self.gp_lambda = gp_lambda
+        self.drift = drift
+        self.gp_target = gp_target
+
+    def d_loss(
+        self, D: nn.Module, reals: torch.Tensor, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, Stats]:
+        fakes = fakes.detach()
+        real = D(reals, alpha).float()
+        fake = D(fakes, alpha).float()
+        u = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device)
+        _, grad = scores_and_input_grad(D, torch.lerp(reals.float(), fakes.float(), u), alpha)
+        norm = grad.square().sum(dim=(1, 2, 3)).sqrt()
+        gp = (norm - self.gp_target).square() * (self.gp_lambda / self.gp_target**2)
+        drift = real.square() * self.drift
+        loss = (fake - real + gp + drift).mean()
+        stats = {"loss": loss, "real": real.mean(), "fake": fake.mean(), "gp": gp.mean(),
+                 "grad_norm": norm.mean(), "drift": drift.mean()}
+        return loss, _detached(stats)
+
+    def g_loss(
+        self, D: nn.Module, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, Stats]:
+        fake = D(fakes, alpha).float()
+        loss = -fake.mean()
+        return loss, _detached({"loss": loss, "fake": fake.mean()})
+
+
+class Logistic:
+    """Non-saturating logistic loss (Goodfellow et al. 2014) with an optional R1 penalty (Mescheder et al.
+    2018), as the official code's later `D_logistic_simplegp` / `G_logistic_nonsaturating`.
+
+    D loss = softplus(D(fake)) + softplus(-D(real)) + r1_gamma / 2 * ||grad D(real)||^2;
+    G loss = softplus(-D(fake)). With r1_gamma > 0 the real pass runs in fp32 (it carries the penalty).
+    """
+
+    def __init__(self, r1_gamma: float = 0.0) -> None:
+        self.r1_gamma = r1_gamma
+
+    def d_loss(
+        self, D: nn.Module, reals: torch.Tensor, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, Stats]:
+        if self.r1_gamma > 0:
+            real, grad = scores_and_input_grad(D, reals, alpha)
+            r1 = grad.square().sum(dim=(1, 2, 3)) * (self.r1_gamma / 2)
+        else:
+            real, r1 = D(reals, alpha).float(), torch.zeros((), device=reals.device)
+        fake = D(fakes.detach(), alpha).float()
+        loss = (F.softplus(fake) + F.softplus(-real) + r1).mean()
+        stats = {"loss": loss, "real": real.mean(), "fake": fake.mean(), "r1": r1.mean()}
+        return loss, _detached(stats)
+
+    def g_loss(
+        self, D: nn.Module, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, Stats]:
+        fake = D(fakes, alpha).float()
+        loss = F.softplus(-fake).mean()
+        return loss, _detached({"loss": loss, "fake": fake.mean()})
+
+
+class LSGAN:
+    """Least-squares GAN (Mao et al. 2017) with targets 1 for real, 0 for fake.
+
+    D loss = ((D(real) - 1)^2 + D(fake)^2) / 2; G loss = (D(fake) - 1)^2 / 2.
+    """
+
+    def d_loss(
+        self, D: nn.Module, reals: torch.Tensor, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, Stats]:
+        real = D(reals, alpha).float()
+        fake = D(fakes.detach(), alpha).float()
+        loss = ((real - 1).square() + fake.square()).mean() / 2
+        return loss, _detached({"loss": loss, "real": real.mean(), "fake": fake.mean()})
+
+    def g_loss(
+        self, D: nn.Module, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, Stats]:
+        fake = D(fakes, alpha).float()
+        loss = (fake - 1).square().mean() / 2
+        return loss, _detached({"loss": loss, "fake": fake.mean()})
+
+
+def _detached(stats: Stats) -> Stats:
+    return {k: v.detach() for k, v in stats.items()}
+
+
+LOSSES: dict[str, type] = {"wgan-gp": WGANGP, "logistic": Logistic, "lsgan": LSGAN}
