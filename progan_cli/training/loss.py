@@ -2,7 +2,8 @@
 
 Every loss has `d_loss(D, reals, fakes, alpha)` and `g_loss(D, fakes, alpha)`, each returning
 `(loss, stats)`: a scalar to backpropagate and a dict of detached 0-d tensors for logging (no host sync
-here; call `.item()` when a tick reports). `d_loss` detaches `fakes` itself. Reals and fakes go through D in
+here; call `.item()` when a tick reports). Stat names never repeat between the D and the G step
+(`score_real`, `score_fake`, penalty terms; `score_fake_G`), so the two dicts merge without loss. `d_loss` detaches `fakes` itself. Reals and fakes go through D in
 separate passes, as in the official code, so minibatch-stddev groups never mix them. Gradient penalties run
 D and its input gradient in fp32 with autocast off, so a bf16 run keeps an exact penalty.
 """
@@ -58,16 +59,15 @@ class WGANGP:
         gp = (norm - self.gp_target).square() * (self.gp_lambda / self.gp_target**2)
         drift = real.square() * self.drift
         loss = (fake - real + gp + drift).mean()
-        stats = {"loss": loss, "real": real.mean(), "fake": fake.mean(), "gp": gp.mean(),
-                 "grad_norm": norm.mean(), "drift": drift.mean()}
-        return loss, _detached(stats)
+        stats = {"score_real": real, "score_fake": fake, "gp": gp, "grad_norm": norm, "drift": drift}
+        return loss, _means(stats)
 
     def g_loss(
         self, D: nn.Module, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
     ) -> tuple[torch.Tensor, Stats]:
         fake = D(fakes, alpha).float()
         loss = -fake.mean()
-        return loss, _detached({"loss": loss, "fake": fake.mean()})
+        return loss, _means({"score_fake_G": fake})
 
 
 class Logistic:
@@ -91,15 +91,14 @@ class Logistic:
             real, r1 = D(reals, alpha).float(), torch.zeros((), device=reals.device)
         fake = D(fakes.detach(), alpha).float()
         loss = (F.softplus(fake) + F.softplus(-real) + r1).mean()
-        stats = {"loss": loss, "real": real.mean(), "fake": fake.mean(), "r1": r1.mean()}
-        return loss, _detached(stats)
+        return loss, _means({"score_real": real, "score_fake": fake, "r1": r1})
 
     def g_loss(
         self, D: nn.Module, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
     ) -> tuple[torch.Tensor, Stats]:
         fake = D(fakes, alpha).float()
         loss = F.softplus(-fake).mean()
-        return loss, _detached({"loss": loss, "fake": fake.mean()})
+        return loss, _means({"score_fake_G": fake})
 
 
 class LSGAN:
@@ -114,18 +113,19 @@ class LSGAN:
         real = D(reals, alpha).float()
         fake = D(fakes.detach(), alpha).float()
         loss = ((real - 1).square() + fake.square()).mean() / 2
-        return loss, _detached({"loss": loss, "real": real.mean(), "fake": fake.mean()})
+        return loss, _means({"score_real": real, "score_fake": fake})
 
     def g_loss(
         self, D: nn.Module, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
     ) -> tuple[torch.Tensor, Stats]:
         fake = D(fakes, alpha).float()
         loss = (fake - 1).square().mean() / 2
-        return loss, _detached({"loss": loss, "fake": fake.mean()})
+        return loss, _means({"score_fake_G": fake})
 
 
-def _detached(stats: Stats) -> Stats:
-    return {k: v.detach() for k, v in stats.items()}
+def _means(stats: Stats) -> Stats:
+    """Minibatch means of per-sample terms, detached from the graph."""
+    return {k: v.detach().mean() for k, v in stats.items()}
 
 
 LOSSES: dict[str, type] = {"wgan-gp": WGANGP, "logistic": Logistic, "lsgan": LSGAN}
