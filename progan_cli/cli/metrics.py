@@ -1,0 +1,173 @@
+"""`progan fid A B`, `progan is A`, `progan swd A B`: the paper's metrics on folders, pyramids, runs or stats.
+
+Each prints one number on stdout (or everything with --json); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from progan_cli.cli.common import err_console, print_json, resolve_device
+
+SOURCE_HELP = ("A folder of images (recursive), a pyramid .h5 (with --res), a run folder or checkpoint (with --n), "
+               "or FID statistics .npz (mu, sigma).")
+Res = Annotated[Optional[int], typer.Option("--res", help="Pyramid level to read (default: the pyramid's target).")]
+N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a run or checkpoint.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the generated latents (and of SWD's random draws).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception batch.")]
+Weights = Annotated[Optional[Path], typer.Option(
+    "--weights", help="Inception weights (pytorch-fid .pth or fid-helper TorchScript); default: found offline, "
+                      "see docs/metrics.md. Also $PROGAN_INCEPTION_WEIGHTS.")]
+Protocol = Annotated[str, typer.Option(
+    "--protocol", help="ttur (the original TF FID, as torch-fidelity) or pytorch-fid (its resize/normalisation).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print everything as JSON.")]
+
+
+def _progress() -> Callable[[str, int], Callable[[int], None]]:
+    """A factory of stderr progress bars, one per source that runs through Inception."""
+    from rich.progress import Progress
+
+    def start(label: str, total: int) -> Callable[[int], None]:
+        progress = Progress(console=err_console, transient=True)
+        task = progress.add_task(f"Inception: {label}", total=total)
+        progress.start()
+
+        def advance(k: int) -> None:
+            progress.advance(task, k)
+            if progress.tasks[0].finished:
+                progress.stop()
+
+        return advance
+
+    return start
+
+
+def _warn_small(counts: list[int | None]) -> None:
+    from progan_cli.metrics.fid import RELIABLE_N
+
+    small = [n for n in counts if n is not None and n < RELIABLE_N]
+    if small:
+        err_console.print(f"[yellow]warning:[/] FID from {min(small)} images: below {RELIABLE_N} the 2048-d "
+                          "covariance is rank-deficient and FID is biased upwards at small n; compare only "
+                          "numbers computed with the same n.")
+
+
+def fid(
+    a: Annotated[Path, typer.Argument(help=SOURCE_HELP)],
+    b: Annotated[Optional[Path], typer.Argument(help="The second source; leave out with --save-stats.")] = None,
+    res: Res = None,
+    n: N = None,
+    protocol: Protocol = "ttur",
+    weights: Weights = None,
+    save_stats: Annotated[Optional[Path], typer.Option(
+        "--save-stats", help="Write A's statistics to this .npz (pytorch-fid's format) for later runs.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached statistics.")] = False,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: JsonOut = False,
+) -> None:
+    """Frechet Inception Distance between two sources (TTUR's definition by default)."""
+    from progan_cli.errors import UsageError
+    from progan_cli.metrics.features import Extractor
+    from progan_cli.metrics.fid import compute_fid, save_stats as write_stats, source_stats
+    from progan_cli.metrics.sources import open_sources
+
+    if b is None and save_stats is None:
+        raise UsageError("give two sources to compare, or one with --save-stats FILE.npz")
+    dev = resolve_device(device)
+    extractor = Extractor(weights, protocol, dev, batch_size, progress=_progress())
+    source_a, *rest = open_sources([a] if b is None else [a, b], res, n, dev, seed)
+    if b is None:
+        stats, _ = source_stats(source_a, extractor, not no_cache)
+        path = write_stats(stats, save_stats)
+        print_json({"stats": str(path), "n": stats.count, "protocol": stats.protocol,
+                    "weights": stats.weights}) if json_out else print(path)
+        return
+    source_b = rest[0]
+    if save_stats is not None:
+        write_stats(source_stats(source_a, extractor, not no_cache)[0], save_stats)
+    result = compute_fid(source_a, source_b, extractor, use_cache=not no_cache)
+    _warn_small(result["n"])
+    print_json(result) if json_out else print(f"{result['fid']:.6g}")
+
+
+def inception_score_cmd(
+    a: Annotated[Path, typer.Argument(help=SOURCE_HELP.replace(", or FID statistics .npz (mu, sigma)", ""))],
+    splits: Annotated[int, typer.Option("--splits", help="Consecutive splits the score is averaged over.")] = 10,
+    res: Res = None,
+    n: N = None,
+    protocol: Protocol = "ttur",
+    weights: Weights = None,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: JsonOut = False,
+) -> None:
+    """Inception Score (Salimans et al. 2016): mean and std over splits; needs the 1008-class classifier."""
+    import time
+
+    from progan_cli.errors import DataError
+    from progan_cli.metrics.features import Extractor
+    from progan_cli.metrics.inception_score import inception_score_splits
+    from progan_cli.metrics.sources import StatsSource, open_source
+
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    extractor = Extractor(weights, protocol, dev, batch_size, need_classifier=True, progress=_progress())
+    source = open_source(a, res, n, dev, seed)
+    if isinstance(source, StatsSource):
+        raise DataError(f"{a}: FID statistics hold no classifier outputs; IS needs images")
+    if source.count < splits:
+        raise DataError(f"{a}: {source.count} images cannot fill {splits} splits; give more images or --splits "
+                        f"{max(1, source.count)}")
+    scores = inception_score_splits(extractor.run(source, logits=True)[1], splits)
+    if json_out:
+        print_json({"is": float(scores.mean()), "std": float(scores.std()), "splits": scores.tolist(),
+                    "n": source.count, "protocol": protocol, "weights": extractor.weights.fingerprint,
+                    "seconds": round(time.perf_counter() - start, 3)})
+    else:
+        print(f"{scores.mean():.6g} {scores.std():.6g}")
+
+
+def swd(
+    a: Annotated[Path, typer.Argument(help=SOURCE_HELP.replace(", or FID statistics .npz (mu, sigma)", ""))],
+    b: Annotated[Path, typer.Argument(help="The second source, with as many images as A.")],
+    res: Res = None,
+    n: N = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: JsonOut = False,
+) -> None:
+    """Sliced Wasserstein distance (the paper's section 5) x1e3, averaged over Laplacian levels."""
+    import time
+
+    from progan_cli.errors import DataError
+    from progan_cli.metrics.sources import StatsSource, open_sources
+    from progan_cli.metrics.swd import compute_swd
+
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    sources = open_sources([a, b], res, n, dev, seed)
+    for path, source in zip((a, b), sources):
+        if isinstance(source, StatsSource):
+            raise DataError(f"{path}: FID statistics are not images; SWD compares images")
+    if sources[0].count != sources[1].count:
+        raise DataError(f"SWD compares equal numbers of images: {a} has {sources[0].count}, {b} has "
+                        f"{sources[1].count}")
+    result = compute_swd(*(s.images().to(dev) for s in sources), seed=seed)
+    if json_out:
+        print_json({**result, "seconds": round(time.perf_counter() - start, 3)})
+    else:
+        print(f"{result['mean']:.6g}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fid")(fid)
+    app.command("is")(inception_score_cmd)
+    app.command("swd")(swd)

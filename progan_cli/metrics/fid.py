@@ -1,0 +1,107 @@
+"""Frechet Inception Distance (Heusel et al., NeurIPS 2017), computed as the original TTUR code does.
+
+Statistics: mean and covariance (np.cov, ddof 1) of pool3 features in float64. Distance:
+||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm; when the square root is not finite, 1e-6 is
+added to both diagonals and it is retried; an imaginary diagonal above 1e-3 is an error, smaller imaginary
+parts are dropped (TTUR's fid.py, kept by pytorch-fid).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from progan_cli.errors import DataError, UsageError
+from progan_cli.metrics.features import Extractor, cache_key, cached_arrays
+from progan_cli.metrics.sources import ImageSource, StatsSource
+
+RELIABLE_N = 2048  # below this the 2048-d covariance is rank-deficient
+SQRTM_EPS = 1e-6
+MAX_IMAGINARY = 1e-3
+CACHE_VERSION = "fid-stats-v1"
+
+
+def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of (N, D) features, in float64."""
+    if len(features) < 2:
+        raise DataError(f"FID needs at least 2 images for a covariance, got {len(features)}")
+    features = np.asarray(features, dtype=np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    from scipy import linalg
+
+    return linalg.sqrtm(a)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """TTUR's Frechet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise DataError(f"FID statistics differ in dimension ({mu1.shape[0]} vs {mu2.shape[0]} features)")
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * SQRTM_EPS
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        imaginary = np.abs(np.diagonal(covmean).imag).max()
+        if imaginary > MAX_IMAGINARY:
+            raise DataError(f"FID: sqrtm(S1 S2) has an imaginary diagonal of {imaginary:.3g} (> {MAX_IMAGINARY}); "
+                            "the covariances are too degenerate, use more images")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
+                 use_cache: bool = True) -> tuple[StatsSource, bool]:
+    """FID statistics of a source, and whether they came without running Inception (cache or .npz).
+
+    Stored images (folder, pyramid level) are cached under a key of their content, the protocol and the
+    weights' fingerprint, so scoring many checkpoints against one real set pays for the real set once.
+    """
+    if isinstance(source, StatsSource):
+        if source.protocol is not None and source.protocol != extractor.protocol:
+            raise UsageError(f"{source.label} holds {source.protocol} statistics; pass --protocol {source.protocol}")
+        return source, True
+    content = source.content_key() if use_cache else None
+    key = cache_key(CACHE_VERSION, content, extractor.protocol, extractor.weights.fingerprint) if content else None
+
+    def compute() -> dict[str, np.ndarray]:
+        mu, sigma = statistics(extractor.run(source)[0])
+        return {"mu": mu, "sigma": sigma, "n": np.array(source.count)}
+
+    arrays, hit = cached_arrays(key, compute, use_cache)
+    return StatsSource(source.label, arrays["mu"], arrays["sigma"], int(arrays["n"]), extractor.protocol,
+                       extractor.weights.fingerprint), hit
+
+
+def save_stats(stats: StatsSource, path: Path) -> Path:
+    """Write `mu`/`sigma` as pytorch-fid reads them, plus n, protocol and weights fingerprint; atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise UsageError(f"--save-stats {path}: the file name must end in .npz")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    extra = {k: np.array(v) for k, v in (("n", stats.count), ("protocol", stats.protocol),
+                                          ("weights", stats.weights)) if v is not None}
+    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, **extra)
+    os.replace(tmp, path)
+    return path
+
+
+def compute_fid(a: ImageSource | StatsSource, b: ImageSource | StatsSource, extractor: Extractor,
+                use_cache: bool = True) -> dict:
+    """FID between two sources: {'fid', 'n': [n_a, n_b], 'protocol', 'weights', 'cached', 'seconds'}."""
+    start = time.perf_counter()
+    (sa, hit_a), (sb, hit_b) = source_stats(a, extractor, use_cache), source_stats(b, extractor, use_cache)
+    return {
+        "fid": frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma),
+        "n": [sa.count, sb.count],
+        "protocol": extractor.protocol,
+        "weights": extractor.weights.fingerprint,
+        "cached": [hit_a, hit_b],
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,231 @@
+"""What a metric can read: a folder of images, a pyramid level, a run or checkpoint's EMA generator, or stored
+FID statistics. Every image source yields uint8 NCHW RGB batches in a fixed order (sorted files, file order,
+seeded latents), so IS splits and SWD subsets are repeatable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from progan_cli.errors import DataError, UsageError
+
+PYRAMID_SUFFIXES = (".h5", ".hdf5")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
+STATS_SUFFIX = ".npz"
+DECODE_THREADS = 4  # PIL releases the GIL while decoding: threads overlap JPEG decoding with Inception
+
+
+class ImageSource:
+    """Base of the sources that hold images. `label` names it in messages; `count` images of `res`x`res`."""
+
+    label: str
+    count: int
+    res: int
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """uint8 (B, 3, res, res) batches, in order, covering all `count` images."""
+        raise NotImplementedError
+
+    def content_key(self) -> str | None:
+        """A hash of the images themselves (cache key), or None when they are not stored anywhere."""
+        return None
+
+    def images(self, batch_size: int = 256) -> torch.Tensor:
+        """All images as one uint8 NCHW tensor (SWD needs them together)."""
+        return torch.cat([b.cpu() for b in self.batches(batch_size)])
+
+
+def _image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+class FolderSource(ImageSource):
+    """Every file Pillow can open under a folder, recursively, sorted by relative path (as pytorch-fid)."""
+
+    def __init__(self, folder: Path):
+        from PIL import Image, UnidentifiedImageError
+
+        self.label = str(folder)
+        exts = _image_extensions()
+        self.files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        if not self.files:
+            raise DataError(f"{folder}: no images found (looked recursively for {', '.join(sorted(exts)[:6])}, ...)")
+        sizes: dict[tuple[int, int], Path] = {}
+        for path in self.files:  # headers only: finds unreadable files and mixed sizes before any real work
+            try:
+                with Image.open(path) as im:
+                    sizes.setdefault(im.size, path)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{path}: cannot read this image ({exc.__class__.__name__}); remove or replace "
+                                f"it") from None
+        if len(sizes) > 1:
+            (s1, p1), (s2, p2) = list(sizes.items())[:2]
+            raise DataError(f"{folder}: images differ in size ({p1.name} is {s1[0]}x{s1[1]}, {p2.name} is "
+                            f"{s2[0]}x{s2[1]}); metrics need one size, e.g. a pyramid level")
+        (width, height), = sizes
+        if width != height:
+            raise DataError(f"{folder}: images are {width}x{height}; metrics here take square images")
+        self.res, self.count = width, len(self.files)
+        self._root = folder
+
+    def _decode(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except OSError as exc:  # truncated data shows only when decoding
+            raise DataError(f"{path}: cannot decode this image ({exc}); remove or replace it") from None
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            decoded = pool.map(self._decode, self.files)
+            for start in range(0, self.count, batch_size):
+                chunk = [next(decoded) for _ in range(min(batch_size, self.count - start))]
+                yield torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2)
+
+    def content_key(self) -> str:
+        digest = hashlib.sha256()
+        for path in self.files:
+            digest.update(path.relative_to(self._root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+        return "folder:" + digest.hexdigest()
+
+
+class PyramidSource(ImageSource):
+    """One level of a pyramid file (`--res`, default its target), read in chunks."""
+
+    def __init__(self, path: Path, res: int | None):
+        from progan_cli.data.pyramid import Pyramid
+
+        with Pyramid(path) as pyramid:
+            self.res = res if res is not None else pyramid.target
+            self.count = int(pyramid.level(self.res).shape[0])
+        self.path, self.label = path, f"{path} at {self.res}x{self.res}"
+        if self.count == 0:
+            raise DataError(f"{path}: the pyramid holds no images")
+
+    def _chunks(self, batch_size: int) -> Iterator[np.ndarray]:
+        from progan_cli.data.pyramid import Pyramid
+
+        with Pyramid(self.path) as pyramid:
+            level = pyramid.level(self.res)
+            for start in range(0, self.count, batch_size):
+                yield level[start:start + batch_size]
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for chunk in self._chunks(batch_size):
+            yield torch.from_numpy(chunk).permute(0, 3, 1, 2)
+
+    def content_key(self) -> str:
+        digest = hashlib.sha256(f"{self.res}".encode())
+        for chunk in self._chunks(1024):
+            digest.update(np.ascontiguousarray(chunk).tobytes())
+        return "pyramid:" + digest.hexdigest()
+
+
+class GeneratorSource(ImageSource):
+    """`n` images from a run's or checkpoint's EMA generator, made on the fly (no PNG round trip).
+
+    Latents come from a CPU torch.Generator seeded with `seed`, so the images do not depend on the device or
+    batch size. [-1, 1] -> uint8 as the official code: x * 127.5 + 127.5, rounded, clipped.
+    """
+
+    def __init__(self, G: torch.nn.Module, res: int, n: int, device: torch.device | str, seed: int = 0,
+                 label: str = "generator"):
+        if n <= 0:
+            raise UsageError(f"--n must be positive to generate images from {label}, got {n}")
+        self.G, self.res, self.count, self.seed, self.device = G, res, n, seed, device
+        self.label = f"{label} ({n} generated at {res}x{res})"
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, n: int, device: torch.device | str, seed: int = 0) -> GeneratorSource:
+        """The EMA generator of a run folder or checkpoint file, at its current resolution."""
+        from progan_cli.checkpoints import load_generator
+
+        G, res = load_generator(path, device)
+        return cls(G.eval().requires_grad_(False), res, n, device, seed, str(path))
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        latent = getattr(self.G, "latent_size", 512)
+        rng = torch.Generator().manual_seed(self.seed)
+        with torch.inference_mode():
+            for start in range(0, self.count, batch_size):
+                z = torch.randn(min(batch_size, self.count - start), latent, generator=rng)
+                x = self.G(z.to(self.device), self.res)
+                yield (x * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class StatsSource:
+    """FID statistics stored as pytorch-fid writes them (`mu`, `sigma`), plus what we record when we save."""
+
+    label: str
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int | None
+    protocol: str | None
+    weights: str | None
+
+
+def load_stats(path: Path) -> StatsSource:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise DataError(f"{path}: FID statistics need arrays 'mu' and 'sigma' (found {', '.join(arrays) or 'none'})")
+    mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not a mean and its covariance")
+
+    def text(key: str) -> str | None:
+        return str(arrays[key]) if key in arrays else None
+
+    count = int(arrays["n"]) if "n" in arrays else None
+    return StatsSource(str(path), mu, sigma, count, text("protocol"), text("weights"))
+
+
+def _is_run(folder: Path) -> bool:
+    """A training run folder: its config next to checkpoints (an image folder has neither)."""
+    return (folder / "config.json").is_file() or any(p.suffix in CHECKPOINT_SUFFIXES for p in folder.iterdir())
+
+
+def open_source(path: Path, res: int | None = None, n: int | None = None, device: torch.device | str = "cpu",
+                seed: int = 0) -> ImageSource | StatsSource:
+    """Pick the source from what `path` is: .npz stats, .h5 pyramid (+res), checkpoint or run (+n), folder."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix.lower() == STATS_SUFFIX:
+        return load_stats(path)
+    if path.is_file() and path.suffix.lower() in PYRAMID_SUFFIXES:
+        return PyramidSource(path, res)
+    if (path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES) or (path.is_dir() and _is_run(path)):
+        if n is None:
+            raise UsageError(f"{path} is a run or checkpoint: say how many images to generate with --n")
+        return GeneratorSource.from_checkpoint(path, n, device, seed)
+    if path.is_dir():
+        return FolderSource(path)
+    raise DataError(f"{path}: not a folder of images, a pyramid (.h5), a run or checkpoint, or FID stats (.npz)")
+
+
+def open_sources(paths: list[Path], res: int | None = None, n: int | None = None,
+                 device: torch.device | str = "cpu", seed: int = 0) -> list[ImageSource | StatsSource]:
+    """open_source for each path; without --res a pyramid follows a generator's resolution, so that
+    `progan swd data.h5 run/` compares like with like."""
+    sources = [open_source(p, res, n, device, seed) for p in paths]
+    made = [s.res for s in sources if isinstance(s, GeneratorSource)]
+    if res is None and made:
+        sources = [PyramidSource(s.path, made[0]) if isinstance(s, PyramidSource) else s for s in sources]
+    return sources
