@@ -43,9 +43,9 @@ def schedule_at(cur_nimg: int, cfg: TrainConfig) -> Schedule:
                     phase="stable" if alpha == 1.0 else "fade")
 
 
-def adam_reset_needed(prev: Schedule, cur: Schedule) -> bool:
+def adam_reset_needed(prev_lod: float, lod: float) -> bool:
     """Official `reset_opt_for_new_lod`: Adam starts afresh when floor(lod) or ceil(lod) changes.
 
     That happens when a fade starts (ceil drops: new layers appear) and when it ends (floor drops).
     """
-    return (math.floor(prev.lod) != math.floor(cur.lod)) or (math.ceil(prev.lod) != math.ceil(cur.lod))
+    return math.floor(prev_lod) != math.floor(lod) or math.ceil(prev_lod) != math.ceil(lod)

@@ -1,0 +1,126 @@
+"""Checkpoints: everything needed to resume a run exactly, written atomically, loaded without unpickling code.
+
+A checkpoint is one `torch.save` dict of tensors and plain values (so `torch.load(weights_only=True)` reads
+it): the format tag, the run's config, the state dicts of G, D, G_ema and both Adams, the training progress
+(images shown, tick, the lod of the last schedule update, the running sums of the current tick) and every
+RNG state (torch CPU and CUDA). The data order needs no state of its own: it is a pure function of the seed
+and the number of images shown (see training/loop.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from progan_cli.config import TrainConfig
+from progan_cli.errors import CheckpointError
+
+FORMAT = "progan-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def checkpoint_name(cur_nimg: int) -> str:
+    """Files are named by the kimg they were written at: ckpt-000600.pt."""
+    return f"ckpt-{cur_nimg // 1000:06d}.pt"
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write `state` to run_dir/checkpoints atomically and delete all but the newest `keep` checkpoints."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / checkpoint_name(state["progress"]["cur_nimg"])
+    tmp = path.with_name(path.name + ".partial")
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink()
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint file as given, or the newest checkpoint of a run folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such run folder or checkpoint file")
+    found = list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path} has no checkpoints in {CHECKPOINT_DIR}/ (is it a `progan train` run folder?)")
+    return found[-1]
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (file or run folder) onto the CPU with weights_only=True, checking its format."""
+    path = find_checkpoint(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a progan checkpoint")
+    if state["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is newer than this "
+                              f"progan reads ({FORMAT_VERSION}); upgrade progan")
+    state["path"] = str(path)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from: torch's CPU generator and each CUDA device's."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # resumed on another number of GPUs: every rank draws the same stream, take the first
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.set_rng_state(cuda[0], i)
+
+
+def build_networks(cfg: TrainConfig):
+    """G and D as the config describes them (progan_cli.networks)."""
+    from progan_cli.networks import Discriminator, Generator
+
+    G = Generator(cfg.target, latent_size=cfg.latent_size, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max)
+    D = Discriminator(cfg.target, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max,
+                      mbstd_group_size=cfg.mbstd_group_size)
+    return G, D
+
+
+def load_generator(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, int]:
+    """The EMA generator of a run folder (its newest checkpoint) or checkpoint file, and its resolution.
+
+    The resolution is the highest one G_ema renders fully: the current one in a stable phase, the previous
+    one during a fade (the new layers are then only partly blended in).
+    """
+    from progan_cli.training.schedule import schedule_at
+
+    state = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(state["config"])
+    G, _ = build_networks(cfg)
+    G.load_state_dict(state["G_ema"])
+    G.requires_grad_(False).eval().to(device)
+    sched = schedule_at(state["progress"]["cur_nimg"], cfg)
+    return G, sched.res if sched.alpha == 1.0 else sched.res // 2

@@ -1,0 +1,40 @@
+"""Image grids as PNG files, written atomically (the official code's `save_image_grid`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] (the networks' data range) to uint8 [0, 255]: scale, round, clip."""
+    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def grid_image(images: torch.Tensor, cols: int) -> np.ndarray:
+    """uint8 NCHW (or float in [-1, 1]) images tiled row by row, `cols` across: (H*rows, W*cols, C) uint8."""
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    n, c, h, w = images.shape
+    rows = -(-n // cols)
+    canvas = torch.zeros(rows * cols, c, h, w, dtype=torch.uint8)
+    canvas[:n] = images.cpu()
+    canvas = canvas.reshape(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
+    return canvas.numpy()
+
+
+def save_grid(images: torch.Tensor, path: Path, cols: int) -> Path:
+    """Write `images` as one PNG grid at `path`, atomically (temp file + os.replace)."""
+    from PIL import Image
+
+    path = Path(path)
+    array = grid_image(images, cols)
+    if array.shape[2] == 1:
+        array = array[:, :, 0]
+    tmp = path.with_name(path.name + ".partial")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
