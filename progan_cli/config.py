@@ -51,7 +51,7 @@ class TrainConfig:
     loss: str = "wgan-gp"
     mirror: bool = True
     # Engine.
-    device: str = "cuda"
+    device: str = "auto"  # CUDA when a GPU is visible, else the CPU
     precision: str = "fp32"
     seed: int = 0
     workers: int = 2
@@ -128,6 +128,22 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Options a resumed run may change: where and how it runs, how long, and its bookkeeping. Everything else
+# (networks, schedule, loss, seed) defines the run and stays as the checkpoint has it.
+RESUMABLE = ("data", "total_kimg", "device", "precision", "workers", "tick_kimg", "snapshot_ticks",
+             "keep_checkpoints", "metrics", "metrics_ticks")
+
+
+def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The config of a resumed run: `saved` with the options given again on the command line."""
+    fixed = sorted(k for k, v in overrides.items() if k not in RESUMABLE and v != getattr(saved, k))
+    if fixed:
+        names = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise UsageError(f"{names} cannot change when resuming (the run was made with other values); "
+                         "start a new run instead")
+    return saved.replace(**overrides)
 
 
 def parse_minibatch(text: str) -> dict[int, int]:

@@ -82,13 +82,21 @@ class Distributed:
 
 
 def resolve_device(name: str) -> tuple[torch.device, str | None]:
-    """The device to train on and, when CUDA was asked for but is absent, a note saying we fell back to CPU."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        return torch.device("cpu"), "CUDA is not available; training on the CPU (pass --device cpu to silence)"
+    """The device to train on, and a note when "auto" fell back to the CPU for want of a GPU.
+
+    "auto" means CUDA when a GPU is visible; an explicit CUDA device without one is a usage error.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda"), None
+        return torch.device("cpu"), "no CUDA GPU visible: training on the CPU (--device cpu says so quietly)"
     try:
-        return torch.device(name), None
+        device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        raise UsageError(f"--device {name!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+    return device, None
 
 
 def init_distributed(device_name: str) -> tuple[Distributed, str | None]:

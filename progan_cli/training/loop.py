@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from progan_cli.checkpoints import build_networks, rng_state, save_checkpoint, set_rng_state
 from progan_cli.config import TrainConfig
-from progan_cli.errors import ProganError
+from progan_cli.errors import DataError, ProganError
 from progan_cli.images import save_grid
 from progan_cli.training.distributed import Distributed, resolve_device, split_batch
 from progan_cli.training.schedule import Schedule, adam_reset_needed, schedule_at
@@ -231,6 +231,25 @@ def training_loop(
             break
 
     return TrainState(nets=nets, opt_G=opt_G, opt_D=opt_D, cur_nimg=cur_nimg, cur_tick=cur_tick, stopped=stopped)
+
+
+def check_data(cfg: TrainConfig) -> int:
+    """Fail before any work when the pyramid cannot feed this run: missing, foreign, too small, levels lacking.
+
+    Returns the number of images.
+    """
+    from progan_cli.data.pyramid import Pyramid
+
+    with Pyramid(Path(cfg.data)) as pyr:
+        if cfg.target > pyr.target:
+            raise DataError(f"--target {cfg.target} is above the {pyr.target}x{pyr.target} images of {cfg.data}; "
+                            f"pass --target {pyr.target} or smaller, or prep the photos again with --target "
+                            f"{cfg.target}")
+        for res in cfg.resolutions:
+            pyr.level(res)  # DataError naming the missing level
+        if len(pyr) == 0:
+            raise DataError(f"{cfg.data} holds no images; prep a folder of photos first")
+        return len(pyr)
 
 
 def fade_reals(x: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""`progan train [DATA.h5] --target 128`: progressive growing on a pyramid; `--resume RUN` continues a run.
+
+Options left out keep the config defaults on a new run and the run's own values on a resumed one, so every
+option here defaults to None and only what the user typed reaches the config.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from progan_cli.cli.common import err_console
+
+RUNS_DIR = Path("runs")
+
+
+def train(
+    data: Optional[Path] = typer.Argument(None, help="Pyramid file from `progan prep` [default: the one *.h5 "
+                                          "in the working directory]."),
+    target: Optional[int] = typer.Option(None, help="Final resolution, a power of two [default: 128]."),
+    resume: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint file) to continue exactly."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/NNNNN-<data>-<target>]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] [default: auto = CUDA if visible]."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast; penalty kept in fp32)."),
+    loss: Optional[str] = typer.Option(None, help="wgan-gp (paper), logistic or lsgan [default: wgan-gp]."),
+    stable_kimg: Optional[float] = typer.Option(None, help="Thousands of images per stable phase [600]."),
+    fade_kimg: Optional[float] = typer.Option(None, help="Thousands of images per fade-in [600]."),
+    total_kimg: Optional[float] = typer.Option(None, help="Stop after this many thousand images "
+                                               "[default: reach the target, then one stable phase]."),
+    fmap_base: Optional[int] = typer.Option(None, help="Network width: nf(stage) = min(base / 2^stage, max) [8192]."),
+    fmap_max: Optional[int] = typer.Option(None, help="Widest layer [512]."),
+    latent_size: Optional[int] = typer.Option(None, help="Length of z [512]."),
+    minibatch: Optional[str] = typer.Option(None, help="Global minibatch: N for every resolution, or RES:N pairs "
+                                            "(4:128,...,128:16 by default)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate at every resolution [0.001; 0.0015 at 1024]."),
+    mirror: Optional[bool] = typer.Option(None, "--mirror/--no-mirror", help="Random horizontal flips [on]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of weights, latents and data order [0]."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [2]."),
+    metrics: Optional[str] = typer.Option(None, help="Metrics at snapshot ticks, e.g. fid10k,swd."),
+    tick_kimg: Optional[float] = typer.Option(None, help="Thousands of images per tick (log line, samples) [20]."),
+    snapshot_ticks: Optional[int] = typer.Option(None, help="Ticks between checkpoints [10]."),
+    metrics_ticks: Optional[int] = typer.Option(None, help="Ticks between metric evaluations [10]."),
+    keep: Optional[int] = typer.Option(None, help="Checkpoints to keep, newest first [5]."),
+    grid: Optional[str] = typer.Option(None, help="Sample grid as COLSxROWS [fits 1920x1080 at the target]."),
+) -> None:
+    """Train a progressive GAN from 4x4 to --target; SIGINT/SIGTERM write a checkpoint, then exit."""
+    import torch  # noqa: F401  (fail here, not halfway, if torch is broken)
+
+    from progan_cli.checkpoints import load_checkpoint
+    from progan_cli.config import TrainConfig, parse_minibatch, resumed_config
+    from progan_cli.data.dataset import find_pyramid
+    from progan_cli.errors import UsageError
+    from progan_cli.training.distributed import check_batch_split, init_distributed
+    from progan_cli.training.loop import check_data, training_loop
+
+    options: dict[str, Any] = {
+        "target": target, "device": device, "precision": precision, "loss": loss, "stable_kimg": stable_kimg,
+        "fade_kimg": fade_kimg, "total_kimg": total_kimg, "fmap_base": fmap_base, "fmap_max": fmap_max,
+        "latent_size": latent_size, "lr": lr, "mirror": mirror, "seed": seed, "workers": workers,
+        "tick_kimg": tick_kimg, "snapshot_ticks": snapshot_ticks, "metrics_ticks": metrics_ticks,
+        "keep_checkpoints": keep,
+    }
+    if lr is not None:
+        options["lr_overrides"] = {}  # one rate everywhere, 1024x1024 included
+    if minibatch is not None:
+        options["minibatch"] = parse_minibatch(minibatch)
+    if metrics is not None:
+        options["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    if grid is not None:
+        options["grid"] = _parse_grid(grid)
+    if data is not None:
+        options["data"] = str(data.resolve())
+    options = {k: v for k, v in options.items() if v is not None}
+
+    checkpoint = None
+    if resume is not None:
+        if out is not None:
+            raise UsageError("--out and --resume exclude each other: a resumed run stays in its folder")
+        checkpoint = load_checkpoint(resume)
+        run_dir = Path(checkpoint["path"]).parent.parent
+        cfg = resumed_config(TrainConfig.from_dict(checkpoint["config"]), options)
+    else:
+        if data is None:
+            options["data"] = str(find_pyramid(Path.cwd()).resolve())
+            err_console.print(f"training on {options['data']}")
+        cfg = TrainConfig(**options)
+        run_dir = out if out is not None else _next_run_dir(Path(options["data"]).stem, cfg.target)
+        if int(os.environ.get("RANK", "0")) == 0 and run_dir.exists() and any(run_dir.iterdir()):
+            raise UsageError(f"{run_dir} already holds files; continue it with --resume {run_dir} or pick "
+                             "another --out")
+    check_data(cfg)
+    check_batch_split(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's; before joining the group
+    dist, note = init_distributed(cfg.device)
+    try:
+        if note and dist.is_main:
+            err_console.print(note)
+        callback = None
+        if cfg.metrics and dist.is_main:
+            from progan_cli.metrics.in_training import make_training_metrics
+
+            callback = make_training_metrics(list(cfg.metrics), Path(cfg.data), cfg.target, dist.device,
+                                             seed=cfg.seed)
+        if dist.is_main:
+            err_console.print(f"run folder {run_dir}; {dist.world} process(es) on {dist.device}; "
+                              f"{cfg.end_kimg:g} kimg to {cfg.target}x{cfg.target}")
+        with _StopOnSignal() as stop, _LiveDisplay(enabled=dist.is_main) as display:
+            state = training_loop(cfg, run_dir, resume=checkpoint, dist=dist, metrics=callback, stop=stop,
+                                  on_progress=display.update)
+    finally:
+        dist.close()
+    if dist.is_main:
+        if state.stopped:
+            err_console.print(f"stopped at kimg {state.cur_nimg / 1000:.1f} with a checkpoint; continue with "
+                              f"`progan train --resume {run_dir}`")
+        print(run_dir)
+    if state.stopped:
+        raise typer.Exit(130)
+
+
+def _parse_grid(text: str) -> tuple[int, int]:
+    from progan_cli.errors import UsageError
+
+    try:
+        cols, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--grid {text!r}: give COLSxROWS, e.g. 8x4") from None
+    if cols < 1 or rows < 1:
+        raise UsageError(f"--grid {text!r}: columns and rows must be positive")
+    return cols, rows
+
+
+def _next_run_dir(stem: str, target: int) -> Path:
+    """runs/00000-<stem>-<target>, numbered one above the highest run already there (as the official code)."""
+    numbers = [int(p.name[:5]) for p in RUNS_DIR.glob("[0-9][0-9][0-9][0-9][0-9]-*")] if RUNS_DIR.is_dir() else []
+    return RUNS_DIR / f"{max(numbers, default=-1) + 1:05d}-{stem}-{target}"
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to stop at its next schedule update (it checkpoints first); a second one
+    interrupts at once."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self._previous:
+            signal.signal(sig, self._handle)
+        return lambda: self.requested
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        err_console.print(f"{signal.Signals(signum).name}: writing a checkpoint, then stopping "
+                          "(again to abort at once)")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _LiveDisplay:
+    """A rich live line on stderr (resolution, phase, alpha, kimg, images/s, losses, ETA) and one printed line
+    per finished tick."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._live = None
+
+    def __enter__(self) -> _LiveDisplay:
+        if self.enabled:
+            from rich.live import Live
+
+            self._live = Live("starting...", console=err_console, refresh_per_second=2, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def update(self, p, line: dict | None) -> None:
+        if self._live is None:
+            return
+        losses = "  ".join(f"{k} {v:.3g}" for k, v in p.losses.items() if k.startswith("loss_"))
+        alpha = f" alpha {p.alpha:.3f}" if p.phase == "fade" else ""
+        text = (f"{p.res}x{p.res} {p.phase}{alpha}  kimg {p.kimg:.1f}/{p.end_kimg:g}  {p.img_per_s:.1f} img/s  "
+                f"{losses}  ETA {_duration(p.eta_s)}")
+        if line is not None:
+            self._live.console.print(f"tick {line['tick']}: {text}", soft_wrap=True)
+        self._live.update(text)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(min(seconds, 99 * 86400))
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{d}d {h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
