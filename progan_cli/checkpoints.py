@@ -22,12 +22,16 @@ from progan_cli.errors import CheckpointError
 FORMAT = "progan-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_NAME = re.compile(r"^ckpt-\d{6}(\.\d{3})?\.pt$")
+
+
+def kimg_tag(cur_nimg: int) -> str:
+    """Run files are named by kimg: 000600, or 000600.512 off a whole kimg; the names sort in time order."""
+    return f"{cur_nimg // 1000:06d}" if cur_nimg % 1000 == 0 else f"{cur_nimg / 1000:010.3f}"
 
 
 def checkpoint_name(cur_nimg: int) -> str:
-    """Files are named by the kimg they were written at: ckpt-000600.pt."""
-    return f"ckpt-{cur_nimg // 1000:06d}.pt"
+    return f"ckpt-{kimg_tag(cur_nimg)}.pt"
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from progan_cli.checkpoints import build_networks, rng_state, save_checkpoint, set_rng_state
+from progan_cli.checkpoints import build_networks, kimg_tag, rng_state, save_checkpoint, set_rng_state
 from progan_cli.config import TrainConfig
 from progan_cli.errors import DataError, ProganError
 from progan_cli.images import save_grid
@@ -208,7 +208,7 @@ def training_loop(
                     "total_sec": progress["total_sec"], "mem_gb": _memory_gb(device)}
             if dist.is_main:
                 _save_fakes(G_ema, grid_z, sched, cfg.target, cols,
-                            run_dir / "samples" / f"fakes{cur_nimg // 1000:06d}.png")
+                            run_dir / "samples" / f"fakes{kimg_tag(cur_nimg)}.png")
                 if metrics is not None and (cur_tick % cfg.metrics_ticks == 0 or done):
                     line.update(metrics(G_ema, sampling_res(sched)))
                 with open(run_dir / "log.jsonl", "a") as f:
