@@ -149,13 +149,6 @@ def test_sampler_draws():
     torch.testing.assert_close(dirs.double().norm(dim=1), torch.ones(4, 128, dtype=torch.float64))
 
 
-def test_row_sort_orders_floats_of_every_sign():
-    values = torch.tensor([[3.0, -0.0, 0.0, -2.5, float("inf"), -float("inf"), 1e-30, -1e-30, 7.0]])
-    values = torch.cat([values, torch.randn(3, 9) * 1e3])
-    expected = values.sort(dim=1).values
-    assert torch.equal(swd._sort_rows(values.clone()), expected)
-
-
 @pytest.mark.parametrize(
     "a, b, message",
     [

@@ -15,8 +15,11 @@ descriptors of both sets at a time (about 150 KB per image pair), never the whol
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,10 +27,12 @@ import torch.nn.functional as F
 
 from progan_cli.errors import DataError
 
-# Working-set sizes: a chunk of images whose float levels fit in cache-friendly blocks, and the projections of
-# both sets for a chunk of directions.
-_IMAGE_CHUNK_BYTES = 8 << 20
-_PROJECTION_CHUNK_BYTES = 256 << 20
+# Working-set sizes: a chunk of images whose float levels stay cache-sized, and the projections of both sets
+# for a chunk of directions (per worker).
+_IMAGE_CHUNK_BYTES = 4 << 20
+_PROJECTION_CHUNK_BYTES = 128 << 20
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,19 +98,49 @@ def compute_swd(
     Returns {"levels": {res: swd_x1e3}, "mean": average over levels, "n": images per set, "seed": seed}.
     """
     sampler = sampler or SWDSampler(seed=seed)
-    _check_sets(a, b, sampler.nhood_size)
+    _check_sets(a, b)
     levels = swd_resolutions(a.shape[-1])
+    gauss = [a, b]  # each set's gaussian level at the current resolution (the uint8 input at first)
     dist = {}
-    for lod, res in enumerate(levels):
-        desc_a = _level_descriptors(a, lod, len(levels), sampler.centres(0, res, len(a)), sampler.nhood_size)
-        desc_b = _level_descriptors(b, lod, len(levels), sampler.centres(1, res, len(b)), sampler.nhood_size)
-        dirs = sampler.directions(res, a.shape[1]).to(a.device)
-        dist[res] = _sliced_wasserstein(desc_a, desc_b, dirs) * 1e3
-        del desc_a, desc_b
+    with _workers(a.device) as run:
+        for res in levels:
+            desc = []
+            for which in (0, 1):
+                centres = sampler.centres(which, res, len(a)).to(a.device)
+                d, gauss[which] = _level_descriptors(run, gauss[which], centres, sampler.nhood_size,
+                                                     last=res == levels[-1])
+                desc.append(d)
+            dirs = sampler.directions(res, a.shape[1]).to(a.device)
+            dist[res] = _sliced_wasserstein(run, desc[0], desc[1], dirs) * 1e3
+            del desc
     return {"levels": dist, "mean": float(np.mean(list(dist.values()))), "n": len(a), "seed": sampler.seed}
 
 
-def _check_sets(a: torch.Tensor, b: torch.Tensor, nhood_size: int) -> None:
+Runner = Callable[[Callable[[int], T], Sequence[int]], list[T]]
+
+
+@contextmanager
+def _workers(device: torch.device) -> Iterator[Runner]:
+    """A map over independent chunks: on the CPU, one Python thread per torch thread, torch single-threaded.
+
+    Chunks are large and independent, so threads that each run whole chunks scale without torch's per-op
+    OpenMP barriers, which cost more than they give when the cores are shared (3x slower measured here).
+    torch and numpy release the GIL in their kernels. Results come back in chunk order, so sums over them
+    are deterministic. The process-wide torch thread count is restored on exit.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield lambda fn, items: [fn(i) for i in items]
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            yield lambda fn, items: list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_sets(a: torch.Tensor, b: torch.Tensor) -> None:
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.ndim != 4:
             raise TypeError(f"compute_swd: {name} must be a uint8 NCHW tensor")
@@ -156,56 +191,58 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return _up_1d(_up_1d(x, 2), 3)
 
 
-def _laplacian_level(images: torch.Tensor, lod: int, num_levels: int) -> torch.Tensor:
-    """Level `lod` (0 = full resolution) of the Laplacian pyramid of uint8 images, in float32 0..255 units."""
-    g = images.float()
-    for _ in range(lod):
-        g = _blur_down(g)
-    if lod == num_levels - 1:
-        return g
-    return g - _up(_blur_down(g))
-
-
 def _level_descriptors(
-    images: torch.Tensor, lod: int, num_levels: int, centres: torch.Tensor, nhood_size: int
-) -> torch.Tensor:
-    """(N*K, 147) float32 neighbourhoods of one level, each colour channel normalised over the whole set.
+    run: Runner, gauss: torch.Tensor, centres: torch.Tensor, nhood_size: int, last: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Descriptors of one Laplacian level, and the next gaussian level (None at the last level).
 
-    Component order follows the official ogrid indexing: channel, then x offset, then y offset.
+    `gauss` (N,C,R,R) is the set's gaussian level at this resolution; the Laplacian level is gauss -
+    up(down(gauss)), or gauss itself at the last level, in float32 0..255 units as the official code has
+    them. Returns (N*K, C*7*7) float32 neighbourhoods at `centres` (N,K,2) as (y, x), each colour channel
+    normalised over the whole set, in the official ogrid component order: channel, then x offset, then y
+    offset. Works in chunks of images: no float copy of the set is made beyond the quarter-size next level.
     """
-    n, c, size, _ = images.shape
-    res = size >> lod
+    n, c, res, _ = gauss.shape
+    device = gauss.device
     k = centres.shape[1]
     r = nhood_size // 2
-    offs = torch.arange(-r, r + 1, device=images.device)
+    offs = torch.arange(-r, r + 1, device=device)
     # offset[ch, i, j] = ch*res*res + (y offset j)*res + (x offset i)
-    offset = (torch.arange(c, device=images.device).view(c, 1, 1) * res * res
+    offset = (torch.arange(c, device=device).view(c, 1, 1) * res * res
               + offs.view(1, 1, -1) * res + offs.view(1, -1, 1)).flatten()
-    centres = centres.to(images.device)
-    desc = torch.empty(n * k, c * nhood_size**2, dtype=torch.float32, device=images.device)
-    s1 = torch.zeros(c, dtype=torch.float64, device=images.device)
-    s2 = torch.zeros(c, dtype=torch.float64, device=images.device)
-    chunk = max(1, _IMAGE_CHUNK_BYTES // (c * size * size * 4))
-    for start in range(0, n, chunk):
-        level = _laplacian_level(images[start : start + chunk], lod, num_levels)
-        m = len(level)
-        img = torch.arange(m, device=images.device).view(m, 1) * (c * res * res)
+    desc = torch.empty(n * k, c * nhood_size**2, dtype=torch.float32, device=device)
+    down = None if last else torch.empty(n, c, res // 2, res // 2, dtype=torch.float32, device=device)
+    chunk = max(1, _IMAGE_CHUNK_BYTES // (c * res * res * 4))
+
+    def extract(start: int) -> torch.Tensor:
+        """Fill the chunk's descriptors (and next level); return its per-channel sum and sum of squares."""
+        g = gauss[start : start + chunk].float()  # a copy of the uint8 input, else our own float buffer
+        m = len(g)
+        if last:
+            level = g
+        else:
+            g_down = _blur_down(g)
+            down[start : start + m] = g_down
+            level = g.sub_(_up(g_down))
+        img = torch.arange(m, device=device).view(m, 1) * (c * res * res)
         base = img + centres[start : start + m, :, 0] * res + centres[start : start + m, :, 1]
         part = level.reshape(-1)[base.view(m, k, 1) + offset].view(m * k, c, -1)
-        wide = part.double()
-        s1 += wide.sum(dim=(0, 2))
-        s2 += wide.square().sum(dim=(0, 2))
         desc[start * k : (start + m) * k] = part.view(m * k, -1)
+        return torch.stack([part.sum(dim=2), part.square().sum(dim=2)]).sum(dim=1, dtype=torch.float64)
+
+    s1, s2 = torch.stack(run(extract, range(0, n, chunk))).sum(dim=0)
     count = n * k * nhood_size**2
     mean = s1 / count
     std = (s2 / count - mean.square()).clamp_min(0).sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    view = desc.view(n * k, c, -1)
-    view.sub_(mean.float().view(1, c, 1)).div_(std.float().view(1, c, 1))
-    return desc
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: keep it 0, not NaN
+    scale = std.float().view(1, c, 1)
+    shift = mean.float().view(1, c, 1)
+    run(lambda start: desc[start * k : (start + chunk) * k].view(-1, c, nhood_size**2).sub_(shift).div_(scale),
+        range(0, n, chunk))
+    return desc, down
 
 
-def _sliced_wasserstein(desc_a: torch.Tensor, desc_b: torch.Tensor, dirs: torch.Tensor) -> float:
+def _sliced_wasserstein(run: Runner, desc_a: torch.Tensor, desc_b: torch.Tensor, dirs: torch.Tensor) -> float:
     """Mean |sorted(a . d) - sorted(b . d)| over all neighbourhoods and the unit directions `dirs` (R, D, P).
 
     All repeats hold the same number of directions, so the official mean over repeats of per-repeat means is
@@ -214,28 +251,27 @@ def _sliced_wasserstein(desc_a: torch.Tensor, desc_b: torch.Tensor, dirs: torch.
     m = len(desc_a)
     cols = dirs.permute(0, 2, 1).reshape(-1, dirs.shape[1])  # (R*P, D) rows in repeat order
     chunk = max(1, _PROJECTION_CHUNK_BYTES // (8 * m))
-    total = torch.zeros((), dtype=torch.float64, device=desc_a.device)
-    for start in range(0, len(cols), chunk):
+
+    def gaps(start: int) -> float:
         d = cols[start : start + chunk]
-        proj_a = _sort_rows(d @ desc_a.T)
-        proj_b = _sort_rows(d @ desc_b.T)
-        total += (proj_a - proj_b).abs_().sum(dtype=torch.float64)
-    return float(total) / (m * len(cols))
+        return _sorted_gap_sum(d @ desc_a.T, d @ desc_b.T)
+
+    return sum(run(gaps, range(0, len(cols), chunk))) / (m * len(cols))
 
 
-def _sort_rows(x: torch.Tensor) -> torch.Tensor:
-    """Sort each row of a contiguous float32 matrix ascending, in place where possible.
+def _sorted_gap_sum(proj_a: torch.Tensor, proj_b: torch.Tensor) -> float:
+    """Sum over rows of sum |sort(row of a) - sort(row of b)|, in float64; the rows are overwritten.
 
-    On the CPU numpy's SIMD quicksort (x86-simd-sort, numpy >= 2) runs about 10x faster than torch.sort, and
-    faster still on int32 keys: IEEE-754 bits with the magnitude bits of negatives flipped order like the
-    floats. Rows are split over threads (numpy sorts without the GIL).
+    On the CPU numpy's SIMD quicksort (x86-simd-sort, numpy >= 2) runs several times faster than torch.sort;
+    each row is sorted and compared while it sits in cache.
     """
-    if x.device.type != "cpu":
-        return torch.sort(x, dim=1).values
-    keys = x.view(torch.int32)
-    keys ^= (keys >> 31) & 0x7FFFFFFF
-    blocks = np.array_split(keys.numpy(), max(1, min(torch.get_num_threads(), len(keys))))
-    with ThreadPoolExecutor(len(blocks)) as pool:
-        list(pool.map(lambda block: block.sort(axis=1), blocks))
-    keys ^= (keys >> 31) & 0x7FFFFFFF
-    return x
+    if proj_a.device.type != "cpu":
+        gaps = torch.sort(proj_a, dim=1).values - torch.sort(proj_b, dim=1).values
+        return float(gaps.abs_().sum(dtype=torch.float64))
+    total = 0.0
+    for row_a, row_b in zip(proj_a.numpy(), proj_b.numpy()):
+        row_a.sort()
+        row_b.sort()
+        row_a -= row_b
+        total += float(np.abs(row_a, out=row_a).sum(dtype=np.float64))
+    return total
