@@ -38,17 +38,18 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path):
     whole = training_loop(cfg, tmp_path / "whole")
     assert not whole.stopped and whole.cur_nimg == 384
 
-    calls = []
+    def stop_after(updates: int):
+        calls = []
+        return lambda: calls.append(1) or len(calls) == updates
 
-    def stop_at_fifth_update() -> bool:  # after 160 images: mid-tick (ticks end at 128, 192), and the
-        # next update starts the fade to 8x8 with an Adam reset that depends on the restored lod
-        calls.append(1)
-        return len(calls) == 5
-
-    # The first part reads with worker processes; the data order does not depend on them.
-    first = training_loop(cfg.replace(workers=2), tmp_path / "split", stop=stop_at_fifth_update)
-    assert first.stopped and first.cur_nimg == 160
-    torch.manual_seed(12345)  # the resumed part must restore every RNG, not inherit this process's
+    # Stopped twice: after 96 images (4x4 stable, mid-tick: ticks end at 64, 128) with DataLoader workers,
+    # then 96 images later (mid-fade to 8x8, at a tick's end); the data order does not depend on workers.
+    first = training_loop(cfg.replace(workers=2), tmp_path / "split", stop=stop_after(3))
+    assert first.stopped and first.cur_nimg == 96
+    torch.manual_seed(12345)  # a resumed part must restore every RNG, not inherit this process's
+    second = training_loop(cfg, tmp_path / "split", resume=load_checkpoint(tmp_path / "split"), stop=stop_after(3))
+    assert second.stopped and second.cur_nimg == 192
+    torch.manual_seed(54321)
     resumed = training_loop(cfg, tmp_path / "split", resume=load_checkpoint(tmp_path / "split"))
     assert not resumed.stopped and resumed.cur_nimg == 384
 

@@ -314,8 +314,11 @@ def _reals_stream(cfg: TrainConfig, res: int, global_batch: int, start: int,
 
     level = LevelDataset(Path(cfg.data), res)
     sampler = _StreamSampler(len(level), cfg.seed, cfg.mirror, start, global_batch, dist.rank, dist.world)
+    # A generator of its own: a DataLoader otherwise draws its worker seed from the global RNG each time a
+    # level starts, which would make the latents depend on where a run was resumed.
     loader = DataLoader(_Mirrored(level), batch_sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=dist.device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
+                        pin_memory=dist.device.type == "cuda", prefetch_factor=4 if cfg.workers else None,
+                        generator=torch.Generator())
     return iter(loader)
 
 
