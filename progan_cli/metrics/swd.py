@@ -102,40 +102,51 @@ def compute_swd(
     levels = swd_resolutions(a.shape[-1])
     gauss = [a, b]  # each set's gaussian level at the current resolution (the uint8 input at first)
     dist = {}
-    with _workers(a.device) as run:
+    with _workers(a.device) as workers:
         for res in levels:
             desc = []
             for which in (0, 1):
                 centres = sampler.centres(which, res, len(a)).to(a.device)
-                d, gauss[which] = _level_descriptors(run, gauss[which], centres, sampler.nhood_size,
+                d, gauss[which] = _level_descriptors(workers, gauss[which], centres, sampler.nhood_size,
                                                      last=res == levels[-1])
                 desc.append(d)
             dirs = sampler.directions(res, a.shape[1]).to(a.device)
-            dist[res] = _sliced_wasserstein(run, desc[0], desc[1], dirs) * 1e3
+            dist[res] = _sliced_wasserstein(workers, desc[0], desc[1], dirs) * 1e3
             del desc
     return {"levels": dist, "mean": float(np.mean(list(dist.values()))), "n": len(a), "seed": sampler.seed}
 
 
-Runner = Callable[[Callable[[int], T], Sequence[int]], list[T]]
+class _Workers:
+    """Maps a function over independent chunks, in order; on the CPU over a pool of Python threads."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None, count: int):
+        self.pool, self.count = pool, count
+
+    def map(self, fn: Callable[[int], T], items: Sequence[int]) -> list[T]:
+        return list(self.pool.map(fn, items)) if self.pool else [fn(i) for i in items]
+
+    def chunk(self, total: int, budget: int) -> int:
+        """A chunk length within `budget` items that still gives every worker a share of `total`."""
+        return max(1, min(budget, -(-total // self.count)))
 
 
 @contextmanager
-def _workers(device: torch.device) -> Iterator[Runner]:
-    """A map over independent chunks: on the CPU, one Python thread per torch thread, torch single-threaded.
+def _workers(device: torch.device) -> Iterator[_Workers]:
+    """On the CPU, one Python thread per torch thread, each running whole chunks with torch single-threaded.
 
-    Chunks are large and independent, so threads that each run whole chunks scale without torch's per-op
-    OpenMP barriers, which cost more than they give when the cores are shared (3x slower measured here).
-    torch and numpy release the GIL in their kernels. Results come back in chunk order, so sums over them
-    are deterministic. The process-wide torch thread count is restored on exit.
+    Large independent chunks scale without torch's per-op OpenMP barriers, which cost more than they give
+    when the cores are shared (3x slower measured here). torch and numpy release the GIL in their kernels.
+    Results come back in chunk order, so sums over them are deterministic. The process-wide torch thread
+    count is restored on exit.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
-        yield lambda fn, items: [fn(i) for i in items]
+        yield _Workers(None, 1)
         return
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(threads) as pool:
-            yield lambda fn, items: list(pool.map(fn, items))
+            yield _Workers(pool, threads)
     finally:
         torch.set_num_threads(threads)
 
@@ -162,37 +173,46 @@ def _check_sets(a: torch.Tensor, b: torch.Tensor) -> None:
 def _blur_down(x: torch.Tensor) -> torch.Tensor:
     """cv2.pyrDown: 5x5 binomial blur with mirror borders, every second pixel; separable and strided."""
     x = F.pad(x, (2, 2, 2, 2), mode="reflect")
-    h, w = x.shape[-2] - 4, x.shape[-1] - 4
-    x = x[..., 0:h:2, :] + 4 * x[..., 1 : h + 1 : 2, :] + 6 * x[..., 2 : h + 2 : 2, :] \
-        + 4 * x[..., 3 : h + 3 : 2, :] + x[..., 4 : h + 4 : 2, :]
-    x = x[..., 0:w:2] + 4 * x[..., 1 : w + 1 : 2] + 6 * x[..., 2 : w + 2 : 2] \
-        + 4 * x[..., 3 : w + 3 : 2] + x[..., 4 : w + 4 : 2]
-    return x / 256
+    return _down_1d(_down_1d(x, 2), 3).mul_(1 / 256)
+
+
+def _down_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Taps 1 4 6 4 1 (unnormalised) at every second position of `x`, already padded by 2 along `dim`."""
+    n = x.shape[dim] - 4
+
+    def tap(t: int) -> torch.Tensor:
+        index = [slice(None)] * x.ndim
+        index[dim] = slice(t, t + n, 2)
+        return x[tuple(index)]
+
+    y = tap(0) + tap(4)
+    y.add_(tap(1) + tap(3), alpha=4)
+    return y.add_(tap(2), alpha=6)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """cv2.pyrUp: zero insertion, then the binomial blur x4 with mirror borders."""
+    return _up_1d(_up_1d(x, 2), 3).mul_(1 / 64)
 
 
 def _up_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """One axis of cv2.pyrUp in polyphase form.
+    """One axis of cv2.pyrUp in polyphase form, 8x too large (the caller scales once).
 
     Zero insertion then the 1D binomial x2 with mirror borders gives, at even outputs, (x[i-1] + 6x[i] +
     x[i+1]) / 8 and, at odd outputs, (x[i] + x[i+1]) / 2, where the mirror of the zero-inserted signal reads
     x[-1] = x[1] on the left and x[n] = x[n-1] on the right.
     """
     n = x.shape[dim]
-    left = x.narrow(dim, 1, 1)
-    right = x.narrow(dim, n - 1, 1)
-    p = torch.cat([left, x, right], dim=dim)  # p[i + 1] = x[i]
-    even = (p.narrow(dim, 0, n) + 6 * p.narrow(dim, 1, n) + p.narrow(dim, 2, n)) / 8
-    odd = (p.narrow(dim, 1, n) + p.narrow(dim, 2, n)) / 2
-    return torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
-
-
-def _up(x: torch.Tensor) -> torch.Tensor:
-    """cv2.pyrUp: zero insertion, then the binomial blur x4 with mirror borders."""
-    return _up_1d(_up_1d(x, 2), 3)
+    p = torch.cat([x.narrow(dim, 1, 1), x, x.narrow(dim, n - 1, 1)], dim=dim)  # p[i + 1] = x[i]
+    out = x.new_empty(*x.shape[:dim], n, 2, *x.shape[dim + 1 :])
+    even, odd = out.select(dim + 1, 0), out.select(dim + 1, 1)
+    torch.add(p.narrow(dim, 0, n), p.narrow(dim, 2, n), out=even).add_(p.narrow(dim, 1, n), alpha=6)
+    torch.add(p.narrow(dim, 1, n), p.narrow(dim, 2, n), out=odd).mul_(4)
+    return out.flatten(dim, dim + 1)
 
 
 def _level_descriptors(
-    run: Runner, gauss: torch.Tensor, centres: torch.Tensor, nhood_size: int, last: bool
+    workers: _Workers, gauss: torch.Tensor, centres: torch.Tensor, nhood_size: int, last: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Descriptors of one Laplacian level, and the next gaussian level (None at the last level).
 
@@ -206,13 +226,15 @@ def _level_descriptors(
     device = gauss.device
     k = centres.shape[1]
     r = nhood_size // 2
-    offs = torch.arange(-r, r + 1, device=device)
-    # offset[ch, i, j] = ch*res*res + (y offset j)*res + (x offset i)
-    offset = (torch.arange(c, device=device).view(c, 1, 1) * res * res
+    # Flat offsets within a chunk's level, in int32 (int64 index arithmetic is ~10x slower on the CPU; a chunk
+    # holds far fewer than 2^31 values): offset[ch, i, j] = ch*res*res + (y offset j)*res + (x offset i).
+    offs = torch.arange(-r, r + 1, device=device, dtype=torch.int32)
+    offset = (torch.arange(c, device=device, dtype=torch.int32).view(c, 1, 1) * res * res
               + offs.view(1, 1, -1) * res + offs.view(1, -1, 1)).flatten()
+    centres = centres.int()
     desc = torch.empty(n * k, c * nhood_size**2, dtype=torch.float32, device=device)
     down = None if last else torch.empty(n, c, res // 2, res // 2, dtype=torch.float32, device=device)
-    chunk = max(1, _IMAGE_CHUNK_BYTES // (c * res * res * 4))
+    chunk = workers.chunk(n, _IMAGE_CHUNK_BYTES // (c * res * res * 4))
 
     def extract(start: int) -> torch.Tensor:
         """Fill the chunk's descriptors (and next level); return its per-channel sum and sum of squares."""
@@ -224,25 +246,29 @@ def _level_descriptors(
             g_down = _blur_down(g)
             down[start : start + m] = g_down
             level = g.sub_(_up(g_down))
-        img = torch.arange(m, device=device).view(m, 1) * (c * res * res)
+        img = torch.arange(m, device=device, dtype=torch.int32).view(m, 1) * (c * res * res)
         base = img + centres[start : start + m, :, 0] * res + centres[start : start + m, :, 1]
-        part = level.reshape(-1)[base.view(m, k, 1) + offset].view(m * k, c, -1)
-        desc[start * k : (start + m) * k] = part.view(m * k, -1)
+        part = desc[start * k : (start + m) * k]
+        torch.index_select(level.reshape(-1), 0, (base.view(-1, 1) + offset).view(-1), out=part.view(-1))
+        part = part.view(m * k, c, -1)
         return torch.stack([part.sum(dim=2), part.square().sum(dim=2)]).sum(dim=1, dtype=torch.float64)
 
-    s1, s2 = torch.stack(run(extract, range(0, n, chunk))).sum(dim=0)
+    s1, s2 = torch.stack(workers.map(extract, range(0, n, chunk))).sum(dim=0)
     count = n * k * nhood_size**2
     mean = s1 / count
     std = (s2 / count - mean.square()).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: keep it 0, not NaN
     scale = std.float().view(1, c, 1)
     shift = mean.float().view(1, c, 1)
-    run(lambda start: desc[start * k : (start + chunk) * k].view(-1, c, nhood_size**2).sub_(shift).div_(scale),
-        range(0, n, chunk))
+    rows = chunk * k
+    workers.map(lambda i: desc[i : i + rows].view(-1, c, nhood_size**2).sub_(shift).div_(scale),
+                range(0, n * k, rows))
     return desc, down
 
 
-def _sliced_wasserstein(run: Runner, desc_a: torch.Tensor, desc_b: torch.Tensor, dirs: torch.Tensor) -> float:
+def _sliced_wasserstein(
+    workers: _Workers, desc_a: torch.Tensor, desc_b: torch.Tensor, dirs: torch.Tensor
+) -> float:
     """Mean |sorted(a . d) - sorted(b . d)| over all neighbourhoods and the unit directions `dirs` (R, D, P).
 
     All repeats hold the same number of directions, so the official mean over repeats of per-repeat means is
@@ -250,13 +276,13 @@ def _sliced_wasserstein(run: Runner, desc_a: torch.Tensor, desc_b: torch.Tensor,
     """
     m = len(desc_a)
     cols = dirs.permute(0, 2, 1).reshape(-1, dirs.shape[1])  # (R*P, D) rows in repeat order
-    chunk = max(1, _PROJECTION_CHUNK_BYTES // (8 * m))
+    chunk = workers.chunk(len(cols), _PROJECTION_CHUNK_BYTES // (8 * m))
 
     def gaps(start: int) -> float:
         d = cols[start : start + chunk]
         return _sorted_gap_sum(d @ desc_a.T, d @ desc_b.T)
 
-    return sum(run(gaps, range(0, len(cols), chunk))) / (m * len(cols))
+    return sum(workers.map(gaps, range(0, len(cols), chunk))) / (m * len(cols))
 
 
 def _sorted_gap_sum(proj_a: torch.Tensor, proj_b: torch.Tensor) -> float:
