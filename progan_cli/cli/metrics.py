@@ -119,13 +119,13 @@ def inception_score_cmd(
 
     start = time.perf_counter()
     dev = resolve_device(device)
-    extractor = Extractor(weights, protocol, dev, batch_size, need_classifier=True, progress=_progress())
     source = open_source(a, res, n, dev, seed)
     if isinstance(source, StatsSource):
         raise DataError(f"{a}: FID statistics hold no classifier outputs; IS needs images")
     if source.count < splits:
         raise DataError(f"{a}: {source.count} images cannot fill {splits} splits; give more images or --splits "
                         f"{max(1, source.count)}")
+    extractor = Extractor(weights, protocol, dev, batch_size, need_classifier=True, progress=_progress())
     scores = inception_score_splits(extractor.run(source, logits=True)[1], splits)
     if json_out:
         print_json({"is": float(scores.mean()), "std": float(scores.std()), "splits": scores.tolist(),
