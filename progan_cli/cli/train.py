@@ -86,7 +86,7 @@ def train(
     else:
         if data is None:
             options["data"] = str(find_pyramid(Path.cwd()).resolve())
-            err_console.print(f"training on {options['data']}")
+            err_console.print(f"training on {options['data']}", soft_wrap=True)
         cfg = TrainConfig(**options)
         run_dir = out if out is not None else _next_run_dir(Path(options["data"]).stem, cfg.target)
         if int(os.environ.get("RANK", "0")) == 0 and run_dir.exists() and any(run_dir.iterdir()):
@@ -106,7 +106,7 @@ def train(
                                              seed=cfg.seed)
         if dist.is_main:
             err_console.print(f"run folder {run_dir}; {dist.world} process(es) on {dist.device}; "
-                              f"{cfg.end_kimg:g} kimg to {cfg.target}x{cfg.target}")
+                              f"{cfg.end_kimg:g} kimg to {cfg.target}x{cfg.target}", soft_wrap=True)
         with _StopOnSignal() as stop, _LiveDisplay(enabled=dist.is_main) as display:
             state = training_loop(cfg, run_dir, resume=checkpoint, dist=dist, metrics=callback, stop=stop,
                                   on_progress=display.update)
@@ -115,7 +115,7 @@ def train(
     if dist.is_main:
         if state.stopped:
             err_console.print(f"stopped at kimg {state.cur_nimg / 1000:.1f} with a checkpoint; continue with "
-                              f"`progan train --resume {run_dir}`")
+                              f"`progan train --resume {run_dir}`", soft_wrap=True)
         print(run_dir)
     if state.stopped:
         raise typer.Exit(130)
@@ -145,12 +145,15 @@ class _StopOnSignal:
 
     def __enter__(self):
         self.requested = False
+        self._pid = os.getpid()  # forked DataLoader workers inherit the handler; only this process acts
         self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in self._previous:
             signal.signal(sig, self._handle)
         return lambda: self.requested
 
     def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._pid:
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

@@ -121,8 +121,8 @@ def training_loop(
     grid_z = torch.randn(cols * rows, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed))
     if dist.is_main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")  # on resume too: it may have changed --total-kimg and the like
         if resume is None:
-            cfg.save(run_dir / "config.json")
             (run_dir / "log.jsonl").write_text("")
             _save_reals(cfg, run_dir / "samples" / "reals.png", cols, rows)
         else:
