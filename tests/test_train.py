@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,16 @@ def test_bad_inputs_fail_in_one_line_before_training(tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.chdir(empty)
     fails([], "no pyramid")
+
+
+def test_a_diverging_run_stops_with_one_line_and_no_checkpoint(tmp_path):
+    data = photo_pyramid(tmp_path / "photos.h5", 8)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(data), "--target", "8", *TINY, "--lr", "1e12", "--minibatch",
+                                      "8", "--tick-kimg", "0.064", "--snapshot-ticks", "1", "--out", str(run)])
+    assert result.exit_code == 1
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and re.search(r"loss_\w+ became (nan|-?inf) at kimg", error[0]), result.output
+    assert "last good checkpoint is none" in error[0]
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+

@@ -163,6 +163,11 @@ def training_loop(
             "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "rng": rng_state(),
         }, keep=cfg.keep_checkpoints)
 
+    def report(sched: Schedule, rate: float, losses: dict[str, float], line: dict[str, Any] | None) -> None:
+        on_progress(Progress(kimg=cur_nimg / 1000, end_kimg=cfg.end_kimg, res=sched.res, phase=sched.phase,
+                             alpha=sched.alpha, img_per_s=rate, losses=losses,
+                             eta_s=(end_nimg - cur_nimg) / max(rate, 1e-9)), line)
+
     while cur_nimg < end_nimg:
         sched = schedule_at(cur_nimg, cfg)
         if cfg.reset_adam and progress["prev_lod"] is not None and adam_reset_needed(progress["prev_lod"], sched.lod):
@@ -190,10 +195,7 @@ def training_loop(
             last_report = now
             rate = (cur_nimg - tick_start_nimg_session) / max(now - tick_start_time, 1e-9)
             steps = max(progress["tick_steps"], 1)
-            on_progress(Progress(kimg=cur_nimg / 1000, end_kimg=cfg.end_kimg, res=sched.res, phase=sched.phase,
-                                 alpha=sched.alpha, img_per_s=rate,
-                                 losses={k: v.item() / steps for k, v in tick_sums.items()},
-                                 eta_s=(end_nimg - cur_nimg) / max(rate, 1e-9)), None)
+            report(sched, rate, {k: v.item() / steps for k, v in tick_sums.items()}, None)
 
         if cur_nimg >= progress["tick_start_nimg"] + tick_nimg or done:
             means = reduce_tick(sched)
@@ -218,9 +220,7 @@ def training_loop(
             if cur_tick % cfg.snapshot_ticks == 0 or done or stopping:
                 last_ckpt = checkpoint() or last_ckpt
             if on_progress is not None and dist.is_main:
-                on_progress(Progress(kimg=cur_nimg / 1000, end_kimg=cfg.end_kimg, res=sched.res, phase=sched.phase,
-                                     alpha=sched.alpha, img_per_s=line["img_per_s"], losses=means,
-                                     eta_s=(end_nimg - cur_nimg) / max(line["img_per_s"], 1e-9)), line)
+                report(sched, line["img_per_s"], means, line)
             tick_start_time, tick_start_nimg_session = time.time(), cur_nimg
         elif stopping:
             reduce_tick(sched)  # averages the partial sums over ranks (saved so the tick resumes exactly)
