@@ -64,3 +64,27 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path):
         assert _same(end_whole[key], end_split[key]), key
     assert _log(tmp_path / "whole") == _log(tmp_path / "split")
     assert len(_log(tmp_path / "whole")) == 6
+
+
+def test_cli_resume_extends_a_finished_run_exactly(tmp_path):
+    from typer.testing import CliRunner
+
+    from progan_cli.cli.app import app
+    from test_train import TINY
+
+    data = photo_pyramid(tmp_path / "photos.h5", 8)
+    args = ["train", str(data), "--target", "8", *TINY, "--stable-kimg", "0.064", "--fade-kimg", "0.064",
+            "--minibatch", "8", "--tick-kimg", "0.064"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*args, "--total-kimg", "0.256", "--out", str(tmp_path / "straight")]).exit_code == 0
+    assert runner.invoke(app, [*args, "--total-kimg", "0.128", "--out", str(tmp_path / "split")]).exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "split"), "--total-kimg", "0.256"])
+    assert result.exit_code == 0, result.output
+    assert TrainConfig.load(tmp_path / "split" / "config.json").total_kimg == 0.256
+    straight, split = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng"):
+        assert _same(straight[key], split[key]), key
+    assert _log(tmp_path / "straight") == _log(tmp_path / "split")
+    refused = runner.invoke(app, ["train", "--resume", str(tmp_path / "split"), "--latent-size", "64"])
+    assert refused.exit_code == 2 and "--latent-size cannot change" in refused.output
+

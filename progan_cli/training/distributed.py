@@ -14,6 +14,7 @@ one rank with exactly the members it has in a single process of the same global 
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 
@@ -113,7 +114,9 @@ def init_distributed(device_name: str) -> tuple[Distributed, str | None]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Generous timeout: the other ranks wait in their next all-reduce while rank 0 computes metrics.
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(hours=2))
     return Distributed(rank=rank, world=world, device=device), note
 
 
