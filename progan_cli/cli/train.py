@@ -89,7 +89,8 @@ def train(
             err_console.print(f"training on {options['data']}", soft_wrap=True)
         cfg = TrainConfig(**options)
         run_dir = out if out is not None else _next_run_dir(Path(options["data"]).stem, cfg.target)
-        if int(os.environ.get("RANK", "0")) == 0 and run_dir.exists() and any(run_dir.iterdir()):
+        if int(os.environ.get("RANK", "0")) == 0 and run_dir.exists() and (not run_dir.is_dir()
+                                                                          or any(run_dir.iterdir())):
             raise UsageError(f"{run_dir} already holds files; continue it with --resume {run_dir} or pick "
                              "another --out")
     check_data(cfg)
