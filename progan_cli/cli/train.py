@@ -48,8 +48,6 @@ def train(
     grid: Optional[str] = typer.Option(None, help="Sample grid as COLSxROWS [fits 1920x1080 at the target]."),
 ) -> None:
     """Train a progressive GAN from 4x4 to --target; SIGINT/SIGTERM write a checkpoint, then exit."""
-    import torch  # noqa: F401  (fail here, not halfway, if torch is broken)
-
     from progan_cli.checkpoints import load_checkpoint
     from progan_cli.config import TrainConfig, parse_minibatch, resumed_config
     from progan_cli.data.dataset import find_pyramid
