@@ -90,4 +90,6 @@ def test_cli_resume_extends_a_finished_run_exactly(tmp_path):
     assert _log(tmp_path / "straight") == _log(tmp_path / "split")
     refused = runner.invoke(app, ["train", "--resume", str(tmp_path / "split"), "--latent-size", "64"])
     assert refused.exit_code == 2 and "--latent-size cannot change" in refused.output
+    finished = runner.invoke(app, ["train", "--resume", str(tmp_path / "split")])
+    assert finished.exit_code == 2 and "already trained 0.256 kimg of 0.256" in finished.output
 

@@ -81,6 +81,10 @@ def train(
         checkpoint = load_checkpoint(resume)
         run_dir = Path(checkpoint["path"]).parent.parent
         cfg = resumed_config(TrainConfig.from_dict(checkpoint["config"]), options)
+        done_kimg = checkpoint["progress"]["cur_nimg"] / 1000
+        if done_kimg >= cfg.end_kimg:
+            raise UsageError(f"{run_dir} has already trained {done_kimg:g} kimg of {cfg.end_kimg:g}; "
+                             "pass a larger --total-kimg to go on")
     else:
         if data is None:
             options["data"] = str(find_pyramid(Path.cwd()).resolve())

@@ -67,7 +67,7 @@ class TrainState:
 
 
 def training_loop(
-    cfg: TrainConfig,  # every option of the run; rank 0 writes it to run_dir/config.json on a fresh start
+    cfg: TrainConfig,  # every option of the run; rank 0 writes it to run_dir/config.json
     run_dir: Path,  # receives config.json, log.jsonl, samples/ and checkpoints/ (rank 0 only)
     *,
     resume: dict[str, Any] | None = None,  # a checkpoint from checkpoints.load_checkpoint to continue exactly
