@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from progan_cli.errors import DataError
+from progan_cli.errors import DataError, UsageError
 from progan_cli.metrics import swd
 from progan_cli.metrics.swd import SWDSampler, compute_swd, swd_resolutions
 
@@ -136,6 +136,11 @@ def test_repeatable_with_a_seed_and_varies_without():
     a, b = smooth_images(6, 32, 0), smooth_images(6, 32, 1)
     assert compute_swd(a, b, seed=11) == compute_swd(a, b, seed=11)
     assert compute_swd(a, b, seed=11)["levels"] != compute_swd(a, b, seed=12)["levels"]
+
+
+def test_negative_seed_is_a_usage_error():
+    with pytest.raises(UsageError, match="--seed"):
+        compute_swd(smooth_images(2, 16, 0), smooth_images(2, 16, 1), seed=-1)
 
 
 def test_sampler_draws():
