@@ -8,26 +8,24 @@ from __future__ import annotations
 
 import importlib
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from progan_cli.errors import ProganError
 
 # Modules under progan_cli.cli that add commands, in the order `progan --help` lists them.
-COMMAND_MODULES = ("prep", "info", "train")
+COMMAND_MODULES = ("prep", "info", "train", "metrics")
 
 
 class _ProganGroup(TyperGroup):
-    """Turns a ProganError raised by any command into click's one-line `Error: ...` and its exit code."""
+    """Turns a ProganError raised by any command into one line `Error: ...` on stderr and its exit code."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D102 - click's own hook
+    def invoke(self, ctx):  # click's hook around every subcommand
         try:
             return super().invoke(ctx)
         except ProganError as exc:
-            err = click.ClickException(str(exc))
-            err.exit_code = exc.exit_code
-            raise err from exc
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
 
 
 app = typer.Typer(

@@ -19,7 +19,7 @@ def prep(
                              "or center (standard CelebA crop, no detection)."),
     faces: str = typer.Option("largest", help="largest: one face per photo; all: every face found."),
     min_face: int = typer.Option(20, help="Smallest face to detect and keep, in pixels."),
-    min_confidence: float = typer.Option(0.9, help="Smallest detector confidence to keep a face."),
+    min_confidence: float = typer.Option(0.8, help="Smallest detector confidence to keep a face (mtcnn 1.0 default)."),
     margin: float = typer.Option(0.25, help="--crop box: grow the box's longer side by this fraction."),
     compression: Optional[str] = typer.Option(None, help="HDF5 compression of the levels: gzip or lzf."),
     batch: int = typer.Option(32, help="Photos per detection batch (also the unit of resuming)."),

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 from progan_cli import __version__
 from progan_cli.data.faces import (
     CROPS, IMAGE_SUFFIXES, UnreadableImage, align_quad, box_quad, center_quad, crop_quad, load_rgb)
-from progan_cli.data.pyramid import FaceMeta, PyramidWriter, resolutions_up_to
+from progan_cli.data.pyramid import FaceMeta, PyramidWriter
 from progan_cli.errors import DataError, UsageError
 
 # Detection runs on a copy whose long side is at most this; faces are cropped from the full photo.
@@ -42,13 +42,14 @@ class PrepOptions:
     crop: str = "align"
     faces: str = "largest"
     min_face: int = 20
-    min_confidence: float = 0.9
+    min_confidence: float = 0.8
     margin: float = 0.25
     batch: int = 32
     compression: str | None = None
 
     def validate(self) -> None:
-        resolutions_up_to(self.target)  # raises for a bad target
+        if self.target < 4 or self.target > 1024 or self.target & (self.target - 1):
+            raise UsageError(f"--target must be a power of two from 4 to 1024, not {self.target}")
         if self.crop not in CROPS:
             raise UsageError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
         if self.faces not in ("largest", "all"):
@@ -192,11 +193,8 @@ class FacePrep:
             small.append(img)
             scales.append(s)
         dets = self.detector.detect(small)
-        for det, s in zip(dets, scales):
-            if s != 1.0:
-                det.boxes = det.boxes / s
-                det.landmarks = det.landmarks / s
-        return dets
+        return [det if s == 1.0 else replace(det, boxes=det.boxes / s, landmarks=det.landmarks / s)
+                for det, s in zip(dets, scales)]
 
     def _select(self, det) -> list[int]:
         """Indices of the faces to keep: confident and big enough; the largest one or all of them."""
