@@ -31,13 +31,13 @@ def prep(
     """Detect faces (MTCNN), crop them and write a multi-resolution HDF5 pyramid; resumes when re-run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from progan_cli.data.prep import PrepOptions, default_output, list_sources, run_prep
+    from progan_cli.data.prep import PrepOptions, check_output, default_output, list_sources, run_prep
 
     options = PrepOptions(target=target, crop=crop, faces=faces, min_face=min_face,
                           min_confidence=min_confidence, margin=margin, batch=batch, compression=compression)
     options.validate()
     sources = list_sources(src)
-    out = out if out is not None else default_output(src)
+    out = check_output(out if out is not None else default_output(src), overwrite)
     dev = resolve_device(device) if crop != "center" else "cpu"
     progress = Progress(
         TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]:.1f} img/s"),

@@ -104,6 +104,14 @@ def default_output(src: str | Path) -> Path:
     return Path.cwd() / f"{name}.h5"
 
 
+def check_output(out: Path, overwrite: bool) -> Path:
+    """Refuse to replace a finished file unless asked: a pyramid can cost hours of detection."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} exists; choose another --out or pass --overwrite")
+    return out
+
+
 @dataclass
 class _Batch:
     """The result of one batch of photos: one shard on disk."""
@@ -272,9 +280,7 @@ def run_prep(
     `on_batch(photos_done, images_so_far, skipped_so_far)` reports progress after every batch.
     """
     options.validate()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out} exists; choose another --out or pass --overwrite")
+    out = check_output(out, overwrite)
     if not sources:
         raise DataError("no photos to prepare")
     out.parent.mkdir(parents=True, exist_ok=True)
