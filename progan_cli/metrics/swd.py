@@ -32,10 +32,12 @@ import torch.nn.functional as F
 
 from progan_cli.errors import DataError, UsageError
 
-# Working-set sizes: a chunk of images whose float levels stay cache-sized, and the projections of both sets
-# for a chunk of directions (per worker).
+# Working-set sizes on the CPU: a chunk of images whose float levels stay cache-sized, and the projections of
+# both sets for a chunk of directions (per worker). A GPU takes chunks _GPU_CHUNK_SCALE times larger, so that
+# kernels stay big.
 _IMAGE_CHUNK_BYTES = 4 << 20
 _PROJECTION_CHUNK_BYTES = 128 << 20
+_GPU_CHUNK_SCALE = 16
 
 T = TypeVar("T")
 
@@ -128,15 +130,15 @@ def compute_swd(
 class _Workers:
     """Maps a function over independent chunks, in order; on the CPU over a pool of Python threads."""
 
-    def __init__(self, pool: ThreadPoolExecutor | None, count: int):
-        self.pool, self.count = pool, count
+    def __init__(self, pool: ThreadPoolExecutor | None, count: int, scale: int = 1):
+        self.pool, self.count, self.scale = pool, count, scale
 
     def map(self, fn: Callable[[int], T], items: Sequence[int]) -> list[T]:
         return list(self.pool.map(fn, items)) if self.pool else [fn(i) for i in items]
 
-    def chunk(self, total: int, budget: int) -> int:
-        """A chunk length within `budget` items that still gives every worker a share of `total`."""
-        return max(1, min(budget, -(-total // self.count)))
+    def chunk(self, total: int, budget_bytes: int, item_bytes: int) -> int:
+        """A chunk length within the byte budget that still gives every worker a share of `total` items."""
+        return max(1, min(budget_bytes * self.scale // item_bytes, -(-total // self.count)))
 
 
 @contextmanager
@@ -150,7 +152,7 @@ def _workers(device: torch.device) -> Iterator[_Workers]:
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
-        yield _Workers(None, 1)
+        yield _Workers(None, 1, 1 if device.type == "cpu" else _GPU_CHUNK_SCALE)
         return
     torch.set_num_threads(1)
     try:
@@ -243,7 +245,7 @@ def _level_descriptors(
     centres = centres.int()
     desc = torch.empty(n * k, c * nhood_size**2, dtype=torch.float32, device=device)
     down = None if last else torch.empty(n, c, res // 2, res // 2, dtype=torch.float32, device=device)
-    chunk = workers.chunk(n, _IMAGE_CHUNK_BYTES // (c * res * res * 4))
+    chunk = workers.chunk(n, _IMAGE_CHUNK_BYTES, c * res * res * 4)
 
     def extract(start: int) -> torch.Tensor:
         """Fill the chunk's descriptors (and next level); return its per-channel sum and sum of squares."""
@@ -263,14 +265,20 @@ def _level_descriptors(
         base = img + centres[start : start + m, :, 0] * res + centres[start : start + m, :, 1]
         part = desc[start * k : (start + m) * k]
         torch.index_select(level.reshape(-1), 0, (base.view(-1, 1) + offset).view(-1), out=part.view(-1))
-        # Sums in float64: at the gaussian level the mean dwarfs the spread, and var = E[x^2] - mean^2.
-        part = part.view(m * k, c, -1).double()
-        return torch.stack([part.sum(dim=2), part.square().sum(dim=2)]).sum(dim=1)
+        # The chunk's per-channel mean and sum of squared deviations (M2), taken around a float32 pivot at
+        # the mean: float32 speed without the cancellation of E[x^2] - mean^2 (at the gaussian level the
+        # mean dwarfs the spread).
+        part = part.view(m * k, c, -1)
+        count = part.shape[0] * part.shape[2]
+        mean = part.sum(dim=2).sum(dim=0, dtype=torch.float64) / count
+        pivot = mean.float()
+        sq = (part - pivot.view(1, c, 1)).square_().sum(dim=2).sum(dim=0, dtype=torch.float64)
+        return torch.stack([torch.full_like(mean, count), mean, sq - count * (mean - pivot).square()])
 
-    s1, s2 = torch.stack(workers.map(extract, range(0, n, chunk))).sum(dim=0)
-    count = n * k * nhood_size**2
-    mean = s1 / count
-    std = (s2 / count - mean.square()).clamp_min(0).sqrt()
+    # Chunks combined exactly (Chan et al.): M2 = sum of M2_i + n_i (mean_i - mean)^2.
+    counts, means, m2s = torch.stack(workers.map(extract, range(0, n, chunk))).unbind(dim=1)
+    mean = (counts * means).sum(dim=0) / counts.sum(dim=0)
+    std = ((m2s + counts * (means - mean).square()).sum(dim=0) / counts.sum(dim=0)).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: keep it 0, not NaN
     scale = std.float().view(1, c, 1)
     shift = mean.float().view(1, c, 1)
@@ -290,7 +298,7 @@ def _sliced_wasserstein(
     """
     m = len(desc_a)
     cols = dirs.permute(0, 2, 1).reshape(-1, dirs.shape[1])  # (R*P, D) rows in repeat order
-    chunk = workers.chunk(len(cols), _PROJECTION_CHUNK_BYTES // (8 * m))
+    chunk = workers.chunk(len(cols), _PROJECTION_CHUNK_BYTES, 8 * m)
 
     def gaps(start: int) -> float:
         d = cols[start : start + chunk]
