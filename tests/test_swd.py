@@ -81,6 +81,16 @@ def test_matches_reference_across_chunk_sizes(monkeypatch):
     assert_matches_reference(compute_swd(a, b, seed=4), reference(a, b, SWDSampler(4)))
 
 
+def test_channels_last_views_give_the_same_numbers():
+    # Pyramid files and decoded folders are NHWC; a permuted view must work without a copy by the caller.
+    a, b = smooth_images(6, 32, 0), smooth_images(6, 32, 1)
+    view_a = a.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    view_b = b.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert not view_a.is_contiguous()
+    assert compute_swd(view_a, view_b, seed=1)["levels"] == pytest.approx(compute_swd(a, b, seed=1)["levels"],
+                                                                           rel=1e-12)
+
+
 def test_thread_count_changes_nothing_and_is_restored():
     # Several torch threads run chunks on a pool of Python threads; one thread runs them in line (as a GPU
     # does). Same numbers up to float64 summation order, and the caller's thread count comes back.

@@ -8,8 +8,9 @@ the sorted projections, reported x1e3 per level and averaged over levels.
 
 Differences from the official code, none of which changes the protocol: the random choices come from torch
 generators derived from `seed` (the official code draws from numpy's global state), so a seed makes the same
-draws on every device and for any chunking; per-channel mean and std are summed in float64; a channel that is
-constant over a set keeps std 1 instead of turning the result into NaN. Memory holds one level's descriptors
+draws on every device and for any chunking; the pyramid is computed to the same bits as the official scipy
+filtering, the per-channel mean and std exactly (the official float32 sums drift); a channel that is constant
+over a set keeps std 1 instead of turning the result into NaN. Memory holds one level's descriptors
 of both sets (about 150 KB per image pair) and the next, quarter-size gaussian level in float32 (as large as
 the uint8 input), never the whole float pyramid.
 
@@ -37,7 +38,7 @@ from progan_cli.errors import DataError, UsageError
 # kernels stay big.
 _IMAGE_CHUNK_BYTES = 4 << 20
 _PROJECTION_CHUNK_BYTES = 128 << 20
-_GPU_CHUNK_SCALE = 16
+_GPU_CHUNK_SCALE = 4
 
 T = TypeVar("T")
 
@@ -248,14 +249,17 @@ def _level_descriptors(
     chunk = workers.chunk(n, _IMAGE_CHUNK_BYTES, c * res * res * 4)
 
     def extract(start: int) -> torch.Tensor:
-        """Fill the chunk's descriptors (and next level); return its per-channel sum and sum of squares."""
+        """Fill the chunk's descriptors (and next level); return its per-channel count, mean and M2."""
         g = gauss[start : start + chunk]
         m = len(g)
         # From uint8 every tap sum of one down and up is exact in float32. Deeper levels carry up to 24
         # significant bits, so there the filters sum in float64 and round once to float32, as scipy's
-        # convolve does in the official code: the levels come out bit-identical to it.
-        wide = g.float() if g.dtype == torch.uint8 else g.double()
-        g = g.float()  # a copy of the uint8 input, else our own float32 buffer (free to overwrite)
+        # convolve does in the official code: the levels come out bit-identical to it. g is a float copy of
+        # the uint8 input or our own float32 buffer, free to overwrite once the down is taken.
+        if g.dtype == torch.uint8:
+            g = wide = g.float()
+        else:
+            wide = g.double()
         if last:
             level = g
         else:
