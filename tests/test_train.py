@@ -132,3 +132,16 @@ def test_a_diverging_run_stops_with_one_line_and_no_checkpoint(tmp_path):
     assert "last good checkpoint is none" in error[0]
     assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
 
+
+def test_bf16_run_through_a_fade_logs_finite_losses(tmp_path):
+    data = photo_pyramid(tmp_path / "photos.h5", 8)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(data), "--target", "8", *TINY, "--precision", "bf16",
+                                      "--stable-kimg", "0.016", "--fade-kimg", "0.032", "--total-kimg", "0.064",
+                                      "--minibatch", "4", "--tick-kimg", "0.016", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    # updates every 16 images, at 0, 16 (4x4 stable), 32 (fade, alpha 0.5), 48 (8x8 stable)
+    assert [line["phase"] for line in log] == ["stable", "stable", "fade", "stable"]
+    assert all(np.isfinite(line["loss_D"]) and np.isfinite(line["gp"]) for line in log)
+
