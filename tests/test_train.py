@@ -145,3 +145,14 @@ def test_bf16_run_through_a_fade_logs_finite_losses(tmp_path):
     assert [line["phase"] for line in log] == ["stable", "stable", "fade", "stable"]
     assert all(np.isfinite(line["loss_D"]) and np.isfinite(line["gp"]) for line in log)
 
+
+def test_without_data_it_uses_the_one_pyramid_here_and_says_which(tmp_path, monkeypatch):
+    data = photo_pyramid(tmp_path / "photos.h5", 4)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--target", "4", *TINY, "--total-kimg", "0.016", "--minibatch", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"training on {data.resolve()}" in result.stderr
+    run = Path("runs") / "00000-photos-4"
+    assert result.stdout.splitlines() == [str(run)]
+    assert (tmp_path / run / "log.jsonl").read_text().count("\n") == 1
+
