@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from progan_cli.networks.layers import (
     EqualizedConv2d,
     EqualizedLinear,
-    check_alpha,
+    block_widths,
     downsample2x,
+    is_fading,
     lerp,
     lrelu,
     minibatch_stddev,
@@ -69,22 +68,20 @@ class Discriminator(nn.Module):
         mbstd_group_size: int = 4,
     ) -> None:
         super().__init__()
-        stage_of(resolution, resolution)  # validates resolution
+        width = block_widths(resolution, fmap_base, fmap_max)
         self.resolution = resolution
         self.num_channels = num_channels
-        depth = int(math.log2(resolution)) - 1
-        width = [nf(s, fmap_base, fmap_max) for s in range(1, depth + 1)]
         self.from_rgb = nn.ModuleList([EqualizedConv2d(num_channels, c, 1) for c in width])
         self.blocks = nn.ModuleList(
             [DHead(width[0], nf(0, fmap_base, fmap_max), mbstd_group_size)]
-            + [DBlock(width[k], width[k - 1]) for k in range(1, depth)]
+            + [DBlock(width[k], width[k - 1]) for k in range(1, len(width))]
         )
 
     def forward(self, x: torch.Tensor, alpha: float | torch.Tensor = 1.0) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.num_channels or x.shape[2] != x.shape[3]:
             raise ValueError(f"images must have shape (N, {self.num_channels}, res, res), not {tuple(x.shape)}")
         k = stage_of(x.shape[-1], self.resolution)
-        fading = check_alpha(alpha) and k > 0
+        fading = is_fading(alpha) and k > 0
         h = self.blocks[k](lrelu(self.from_rgb[k](x)))
         if fading:
             h = lerp(lrelu(self.from_rgb[k - 1](downsample2x(x))), h, alpha)

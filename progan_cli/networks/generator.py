@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -11,10 +9,10 @@ from progan_cli.networks.layers import (
     SQRT2,
     EqualizedConv2d,
     EqualizedLinear,
-    check_alpha,
+    block_widths,
+    is_fading,
     lerp,
     lrelu,
-    nf,
     pixel_norm,
     stage_of,
     upsample2x,
@@ -67,14 +65,12 @@ class Generator(nn.Module):
         num_channels: int = 3,
     ) -> None:
         super().__init__()
-        stage_of(resolution, resolution)  # validates resolution
+        width = block_widths(resolution, fmap_base, fmap_max)
         self.resolution = resolution
         self.latent_size = latent_size
         self.num_channels = num_channels
-        depth = int(math.log2(resolution)) - 1  # number of blocks
-        width = [nf(s, fmap_base, fmap_max) for s in range(1, depth + 1)]
         self.blocks = nn.ModuleList(
-            [GStem(latent_size, width[0])] + [GBlock(width[k - 1], width[k]) for k in range(1, depth)]
+            [GStem(latent_size, width[0])] + [GBlock(width[k - 1], width[k]) for k in range(1, len(width))]
         )
         self.to_rgb = nn.ModuleList([EqualizedConv2d(c, num_channels, 1, gain=1.0) for c in width])
 
@@ -82,7 +78,7 @@ class Generator(nn.Module):
         if z.ndim != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"latents must have shape (N, {self.latent_size}), not {tuple(z.shape)}")
         k = stage_of(res, self.resolution)
-        fading = check_alpha(alpha) and k > 0
+        fading = is_fading(alpha) and k > 0
         x = z
         for block in self.blocks[:k]:
             x = block(x)

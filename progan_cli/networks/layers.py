@@ -21,8 +21,8 @@ SQRT2 = math.sqrt(2.0)
 class EqualizedConv2d(nn.Module):
     """k x k convolution, 'same' padding, with the equalized-lr run-time weight scale.
 
-    The scale multiplies the (small) weight tensor rather than the (large) activations: the same result as
-    scaling the output, for one multiply per call.
+    The scale multiplies the weight tensor rather than the activations: the same result as scaling the
+    output, and its cost does not grow with batch or resolution.
 
     `resample="up"` computes conv(upsample2x(x)) and `resample="down"` computes downsample2x(conv(x)) as one
     stride-2 (transposed) convolution with a 4x4 kernel made from the 3x3 one, like the official
@@ -142,6 +142,11 @@ def nf(stage: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
     return min(fmap_base // 2**stage, fmap_max)
 
 
+def block_widths(resolution: int, fmap_base: int, fmap_max: int) -> list[int]:
+    """Feature maps of the blocks at 4, 8, ..., resolution: nf(1), nf(2), ... (official networks.py)."""
+    return [nf(s, fmap_base, fmap_max) for s in range(1, stage_of(resolution, resolution) + 2)]
+
+
 def stage_of(res: int, resolution: int) -> int:
     """Index of the block that works at `res` (0 for 4x4); ValueError unless res is 4, 8, ..., resolution."""
     if res < 4 or res > resolution or res & (res - 1):
@@ -149,7 +154,7 @@ def stage_of(res: int, resolution: int) -> int:
     return res.bit_length() - 3
 
 
-def check_alpha(alpha: float | torch.Tensor) -> bool:
+def is_fading(alpha: float | torch.Tensor) -> bool:
     """Whether a forward must take the fade-in path; a tensor alpha always does (no recompiles per value)."""
     if torch.is_tensor(alpha):
         return True
