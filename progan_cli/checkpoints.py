@@ -84,23 +84,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG the run draws from: torch's CPU generator and each CUDA device's."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG the run draws from: torch's CPU generator and that of the CUDA device it trains on.
+
+    All ranks draw the same streams (see training/step.py), so rank 0's state serves any rank count.
+    """
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`; a CUDA state applies to this process's device (none when resuming on the CPU)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:  # resumed on another number of GPUs: every rank draws the same stream, take the first
-            for i in range(torch.cuda.device_count()):
-                torch.cuda.set_rng_state(cuda[0], i)
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def build_networks(cfg: TrainConfig):

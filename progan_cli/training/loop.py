@@ -113,7 +113,7 @@ def training_loop(
         opt_D.load_state_dict(resume["opt_D"])
         progress.update(resume["progress"])
         tick_sums = {k: v.to(device) for k, v in resume["tick_sums"].items()}
-        set_rng_state(resume["rng"])
+        set_rng_state(resume["rng"], device)
     for net in (G, D, G_ema):
         dist.broadcast_(net)
 
@@ -160,7 +160,7 @@ def training_loop(
         return save_checkpoint(run_dir, {
             "config": cfg.to_dict(), "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
             "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "progress": dict(progress),
-            "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "rng": rng_state(),
+            "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "rng": rng_state(device),
         }, keep=cfg.keep_checkpoints)
 
     def report(sched: Schedule, rate: float, losses: dict[str, float], line: dict[str, Any] | None) -> None:
