@@ -48,13 +48,11 @@ class StepContext:
 
 
 def make_optimizer(net: nn.Module, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Adam:
-    """Adam as in the paper (section A.1): betas (0, 0.99), eps 1e-8; one fused kernel on CUDA.
+    """Adam as in the paper (section A.1): betas (0, 0.99), eps 1e-8.
 
-    Build it after moving `net` to its device: the fused kernel is chosen from where the parameters are.
+    torch's default (foreach) implementation: a checkpoint's Adam state then loads on any device.
     """
-    on_cuda = next(net.parameters()).is_cuda
-    return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
-                            fused=True if on_cuda else None)
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps)
 
 
 @torch.no_grad()
