@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import shared
 from progan_cli.metrics import inception
 from progan_cli.metrics.features import Extractor, tf1_resize_bilinear
-from progan_cli.metrics.fid import compute_fid, frechet_distance, source_stats, statistics
+from progan_cli.metrics.fid import compute_fid, frechet_distance, source_stats, statistics, trace_sqrt_product
 from progan_cli.metrics.inception import PYTORCH_FID_FILE, pytorch_fid_state_dict, resolve_weights
 from progan_cli.metrics.sources import FolderSource
 
@@ -78,6 +78,17 @@ def test_frechet_distance_hand_computed():
     assert frechet_distance(rot @ mu1, rot @ a @ rot.T, rot @ mu2, rot @ b @ rot.T) == pytest.approx(7.0, abs=1e-9)
     # Singular product (orthogonal supports): sqrt term vanishes, FID = |d|^2 + tr a + tr b = 0 + 1 + 1.
     assert frechet_distance(mu1, np.diag([1.0, 0.0]), mu1, np.diag([0.0, 1.0])) == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [200, 20])  # full rank, and rank-deficient like FID at small n
+def test_trace_sqrt_product_equals_scipy_sqrtm_trace(n):
+    from scipy import linalg
+
+    rng = np.random.default_rng(n)
+    s1 = np.cov(rng.normal(size=(n, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
+    s2 = np.cov(rng.normal(size=(n, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
+    want = np.trace(linalg.sqrtm(s1 @ s2)).real  # TTUR's route
+    assert trace_sqrt_product(s1, s2) == pytest.approx(want, rel=1e-7)
 
 
 def test_statistics_are_mean_and_unbiased_covariance():

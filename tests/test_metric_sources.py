@@ -122,3 +122,29 @@ def test_stats_files(tmp_path):
         load_stats(tmp_path / "bad.npz")
     with pytest.raises(DataError, match="no such file"):
         open_source(tmp_path / "absent")
+
+
+def test_training_metric_names():
+    from progan_cli.metrics.in_training import parse_metric
+
+    assert parse_metric("fid10k") == ("fid", 10000)
+    assert parse_metric("swd") == ("swd", None) and parse_metric("is50k") == ("is", 50000)
+    for bad in ("fid", "kid10k", "fid10m"):
+        with pytest.raises(UsageError, match="unknown metric"):
+            parse_metric(bad)
+
+
+def test_training_swd_callback_matches_compute_swd(tmp_path):
+    from progan_cli.metrics.in_training import make_training_metrics
+    from progan_cli.metrics.swd import compute_swd
+
+    imgs = _images(6, 16)
+    path = write_pyramid(tmp_path / "data.h5", imgs)
+    callback = make_training_metrics(["swd"], tmp_path, 16, "cpu")
+    got = callback(_Affine(), 16)
+    fakes = GeneratorSource(_Affine(), 16, 6, "cpu").images()
+    want = compute_swd(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), fakes)
+    assert got["swd"] == want["mean"] and got["swd/16"] == want["levels"][16]
+    assert callback(_Affine(), 8) == {}  # SWD starts at 16x16
+    with pytest.raises(DataError, match="no 32x32 level"):
+        make_training_metrics(["swd"], path, 32, "cpu")

@@ -80,6 +80,8 @@ def fid(
 
     if b is None and save_stats is None:
         raise UsageError("give two sources to compare, or one with --save-stats FILE.npz")
+    if save_stats is not None and save_stats.suffix != ".npz":
+        raise UsageError(f"--save-stats {save_stats}: the file name must end in .npz")
     dev = resolve_device(device)
     extractor = Extractor(weights, protocol, dev, batch_size, progress=_progress())
     source_a, *rest = open_sources([a] if b is None else [a, b], res, n, dev, seed)
@@ -89,10 +91,7 @@ def fid(
         print_json({"stats": str(path), "n": stats.count, "protocol": stats.protocol,
                     "weights": stats.weights}) if json_out else print(path)
         return
-    source_b = rest[0]
-    if save_stats is not None:
-        write_stats(source_stats(source_a, extractor, not no_cache)[0], save_stats)
-    result = compute_fid(source_a, source_b, extractor, use_cache=not no_cache)
+    result = compute_fid(source_a, rest[0], extractor, use_cache=not no_cache, save_a=save_stats)
     _warn_small(result["n"])
     print_json(result) if json_out else print(f"{result['fid']:.6g}")
 

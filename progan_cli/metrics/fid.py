@@ -1,9 +1,16 @@
-"""Frechet Inception Distance (Heusel et al., NeurIPS 2017), computed as the original TTUR code does.
+"""Frechet Inception Distance (Heusel et al., NeurIPS 2017), computed as the original TTUR code defines it.
 
 Statistics: mean and covariance (np.cov, ddof 1) of pool3 features in float64. Distance:
-||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm; when the square root is not finite, 1e-6 is
-added to both diagonals and it is retried; an imaginary diagonal above 1e-3 is an error, smaller imaginary
-parts are dropped (TTUR's fid.py, kept by pytorch-fid).
+||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2)).
+
+TTUR takes scipy's sqrtm of the non-symmetric product S1 S2 (then adds 1e-6 to the diagonals if that is not
+finite, and drops imaginary parts up to 1e-3) only to read its trace. The trace is the sum of the square roots
+of the eigenvalues of S1 S2, which are those of the symmetric PSD matrix S1^1/2 S2 S1^1/2 (similar matrices).
+We compute it that way: two symmetric eigendecompositions instead of a complex Schur decomposition, 3.6x faster
+at 2048-d on our 2-core CPU (45 s vs 165 s under load; sqrtm alone took longer than Inception on 100 images),
+always real and finite, with eigenvalues that rounding pushes below zero taken as zero (TTUR's dropped
+imaginary parts). On real features it agrees with scipy's sqrtm and torch-fidelity's eigvals to ~3e-7 relative
+in FID (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -19,8 +26,6 @@ from progan_cli.metrics.features import Extractor, cache_key, cached_arrays
 from progan_cli.metrics.sources import ImageSource, StatsSource
 
 RELIABLE_N = 2048  # below this the 2048-d covariance is rank-deficient
-SQRTM_EPS = 1e-6
-MAX_IMAGINARY = 1e-3
 CACHE_VERSION = "fid-stats-v1"
 
 
@@ -32,28 +37,20 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def _sqrtm(a: np.ndarray) -> np.ndarray:
-    from scipy import linalg
-
-    return linalg.sqrtm(a)
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr(sqrtm(S1 S2)) for covariances S1, S2, as tr(sqrt(S1^1/2 S2 S1^1/2)) (see the module docstring)."""
+    w, v = np.linalg.eigh(sigma1)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eigenvalues = np.linalg.eigvalsh(root @ sigma2 @ root)
+    return float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """TTUR's Frechet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
+    """The Frechet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise DataError(f"FID statistics differ in dimension ({mu1.shape[0]} vs {mu2.shape[0]} features)")
     diff = mu1 - mu2
-    covmean = _sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * SQRTM_EPS
-        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        imaginary = np.abs(np.diagonal(covmean).imag).max()
-        if imaginary > MAX_IMAGINARY:
-            raise DataError(f"FID: sqrtm(S1 S2) has an imaginary diagonal of {imaginary:.3g} (> {MAX_IMAGINARY}); "
-                            "the covariances are too degenerate, use more images")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2))
 
 
 def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
@@ -82,8 +79,6 @@ def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
 def save_stats(stats: StatsSource, path: Path) -> Path:
     """Write `mu`/`sigma` as pytorch-fid reads them, plus n, protocol and weights fingerprint; atomically."""
     path = Path(path)
-    if path.suffix != ".npz":
-        raise UsageError(f"--save-stats {path}: the file name must end in .npz")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     extra = {k: np.array(v) for k, v in (("n", stats.count), ("protocol", stats.protocol),
                                           ("weights", stats.weights)) if v is not None}
@@ -93,10 +88,16 @@ def save_stats(stats: StatsSource, path: Path) -> Path:
 
 
 def compute_fid(a: ImageSource | StatsSource, b: ImageSource | StatsSource, extractor: Extractor,
-                use_cache: bool = True) -> dict:
-    """FID between two sources: {'fid', 'n': [n_a, n_b], 'protocol', 'weights', 'cached', 'seconds'}."""
+                use_cache: bool = True, save_a: Path | None = None) -> dict:
+    """FID between two sources: {'fid', 'n': [n_a, n_b], 'protocol', 'weights', 'cached', 'seconds'}.
+
+    `cached` says, per source, whether its statistics came without running Inception. `save_a` also writes
+    A's statistics there (--save-stats)."""
     start = time.perf_counter()
-    (sa, hit_a), (sb, hit_b) = source_stats(a, extractor, use_cache), source_stats(b, extractor, use_cache)
+    sa, hit_a = source_stats(a, extractor, use_cache)
+    if save_a is not None:
+        save_stats(sa, save_a)
+    sb, hit_b = source_stats(b, extractor, use_cache)
     return {
         "fid": frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma),
         "n": [sa.count, sb.count],
