@@ -93,7 +93,8 @@ def test_channels_last_views_give_the_same_numbers():
 
 def test_thread_count_changes_nothing_and_is_restored():
     # Several torch threads run chunks on a pool of Python threads; one thread runs them in line (as a GPU
-    # does). Same numbers up to float64 summation order, and the caller's thread count comes back.
+    # does). Chunks differ, so the statistics' float64 sums differ in the last bits and a few descriptors
+    # round the other way: the same numbers to float32 noise. The caller's thread count comes back.
     a, b = smooth_images(8, 32, 0), smooth_images(8, 32, 1)
     before = torch.get_num_threads()
     try:
@@ -106,7 +107,7 @@ def test_thread_count_changes_nothing_and_is_restored():
     finally:
         torch.set_num_threads(before)
     for res, value in pooled["levels"].items():
-        assert inline["levels"][res] == pytest.approx(value, rel=1e-12)
+        assert inline["levels"][res] == pytest.approx(value, rel=1e-7)
 
 
 @dataclass(frozen=True)
