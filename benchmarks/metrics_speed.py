@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         b = write_faces(args.data, tmp / "b", args.n, args.n)
         print(f"FID, 2 x {args.n} CelebA faces 64x64 -> 299, device {args.device}, {args.threads} threads, "
               f"batch {args.batch_size}", flush=True)
-        images = torch.stack([torch.from_numpy(np.asarray(Image.open(p)))
+        images = torch.stack([torch.from_numpy(np.array(Image.open(p)))
                               for p in sorted(a.iterdir())]).permute(0, 3, 1, 2).contiguous()
         report("pool3 extraction", bench_extraction(images, weights, args.device, args.batch_size), args.n)
         report("whole FID command", bench_whole(a, b, weights, args.device, args.batch_size), 2 * args.n)
