@@ -39,7 +39,7 @@ _NMS_SCALE, _NMS_PYRAMID, _NMS_RNET, _NMS_ONET = 0.5, 0.7, 0.7, 0.7
 _PNET_PIXELS = 1 << 22
 _CROP_BATCH = 2048
 _NMS_ROWS = 512
-_AREA_BLOCK = 128
+_AREA_SPAN = 32
 
 
 @dataclass(frozen=True)
@@ -204,13 +204,15 @@ def _area_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _area_last(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Area resampling of the last dim as matrix products, in blocks of output pixels that each read only
-    the input span they cover: one product for small images, linear cost for large ones."""
+    """Area resampling of the last dim as matrix products over blocks of output pixels, each block reading
+    only the ~_AREA_SPAN input pixels it covers: a few dense products per level, at a cost per input pixel
+    that does not grow with the image."""
     n_in = x.shape[-1]
     weights, r = _area_matrix(n_in, size, str(x.device)), n_in / size
+    block = max(1, round(_AREA_SPAN / r))
     parts = []
-    for start in range(0, size, _AREA_BLOCK):
-        stop = min(start + _AREA_BLOCK, size)
+    for start in range(0, size, block):
+        stop = min(start + block, size)
         lo, hi = int(start * r), min(n_in, int(np.ceil(stop * r)))
         parts.append(x[..., lo:hi] @ weights[start:stop, lo:hi].T)
     return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
