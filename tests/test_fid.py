@@ -80,15 +80,26 @@ def test_frechet_distance_hand_computed():
     assert frechet_distance(mu1, np.diag([1.0, 0.0]), mu1, np.diag([0.0, 1.0])) == pytest.approx(2.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("n", [200, 20])  # full rank, and rank-deficient like FID at small n
-def test_trace_sqrt_product_equals_scipy_sqrtm_trace(n):
+def test_trace_sqrt_product_equals_scipy_sqrtm_trace():
     from scipy import linalg
 
-    rng = np.random.default_rng(n)
-    s1 = np.cov(rng.normal(size=(n, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
-    s2 = np.cov(rng.normal(size=(n, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
+    rng = np.random.default_rng(0)
+    s1 = np.cov(rng.normal(size=(200, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
+    s2 = np.cov(rng.normal(size=(200, 64)) @ rng.normal(size=(64, 64)), rowvar=False)
     want = np.trace(linalg.sqrtm(s1 @ s2)).real  # TTUR's route
-    assert trace_sqrt_product(s1, s2) == pytest.approx(want, rel=1e-7)
+    assert trace_sqrt_product(s1, s2) == pytest.approx(want, rel=1e-9)
+
+
+def test_trace_sqrt_product_rank_deficient_is_exact():
+    # n < d, as FID at small n: S1 S2 = X1^T X1 X2^T X2 / ((n1-1)(n2-1)) has the nonzero eigenvalues of A A^T with
+    # A = X1 X2^T / sqrt(...), so tr sqrtm(S1 S2) is the sum of A's singular values (an n1 x n2 problem).
+    rng = np.random.default_rng(1)
+    x1, x2 = rng.normal(size=(20, 256)) * 3, rng.normal(size=(30, 256)) + 1
+    (_, s1), (_, s2) = statistics(x1), statistics(x2)
+    a = (x1 - x1.mean(0)) @ (x2 - x2.mean(0)).T / np.sqrt(19 * 29)
+    want = np.linalg.svd(a, compute_uv=False).sum()
+    assert trace_sqrt_product(s1, s2) == pytest.approx(want, rel=1e-8)
+    assert trace_sqrt_product(s2, s1) == pytest.approx(want, rel=1e-8)
 
 
 def test_statistics_are_mean_and_unbiased_covariance():

@@ -38,10 +38,16 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr(sqrtm(S1 S2)) for covariances S1, S2, as tr(sqrt(S1^1/2 S2 S1^1/2)) (see the module docstring)."""
+    """tr(sqrtm(S1 S2)) for covariances S1, S2, as tr(sqrt(S1^1/2 S2 S1^1/2)) (see the module docstring).
+
+    With S1 = V W V^T, S1^1/2 S2 S1^1/2 is similar to B^T S2 B for B = V W^1/2; the columns of B with W = 0 add
+    only zero eigenvalues, so they are dropped (W below np.linalg.matrix_rank's tolerance counts as 0): at
+    n < 2048 images the second eigenproblem is n x n.
+    """
     w, v = np.linalg.eigh(sigma1)
-    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    eigenvalues = np.linalg.eigvalsh(root @ sigma2 @ root)
+    keep = w > w.max() * len(w) * np.finfo(w.dtype).eps  # below numpy's rank tolerance: zeros up to rounding
+    b = v[:, keep] * np.sqrt(w[keep])
+    eigenvalues = np.linalg.eigvalsh(b.T @ sigma2 @ b)
     return float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
 
 
