@@ -108,7 +108,8 @@ def main() -> None:
                     theirs(batch if len(batch) > 1 else batch[0])
 
             decoded = [load_rgb(s) for s in sources]
-            whole = best_of(args.runs, {"ours": prep_ours, "facenet": prep_theirs})
+            whole = best_of(args.runs, {"ours": prep_ours, "facenet": prep_theirs,
+                                        "decode": lambda sources=sources: [load_rgb(s) for s in sources]})
             detect = best_of(args.runs, {
                 "ours": lambda d=decoded: [ours.detect(d[i : i + args.batch]) for i in range(0, len(d), args.batch)],
                 "facenet": lambda d=decoded: [theirs.detect(b if len(b) > 1 else b[0])
@@ -117,11 +118,13 @@ def main() -> None:
             rows.append((name, len(sources), whole, detect))
 
     print(f"\n{'photos':<24}{'n':>5}  {'prep ours':>10} {'facenet':>9} {'ratio':>6}   "
-          f"{'detect ours':>11} {'facenet':>9} {'ratio':>6}   (images/s; ms/img for detect)")
+          f"{'detect ours':>11} {'facenet':>9} {'ratio':>6}   {'decode':>7}")
+    print(f"{'':<31}{'images/s':>17}{'':<10}{'ms/img':>18}{'':<11}{'ms/img':>7}")
     for name, n, whole, detect in rows:
         print(f"{name:<24}{n:>5}  {n / whole['ours']:>10.1f} {n / whole['facenet']:>9.1f} "
               f"{whole['facenet'] / whole['ours']:>5.2f}x   {1e3 * detect['ours'] / n:>11.2f} "
-              f"{1e3 * detect['facenet'] / n:>9.2f} {detect['facenet'] / detect['ours']:>5.2f}x")
+              f"{1e3 * detect['facenet'] / n:>9.2f} {detect['facenet'] / detect['ours']:>5.2f}x   "
+              f"{1e3 * whole['decode'] / n:>7.2f}")
 
 
 if __name__ == "__main__":
