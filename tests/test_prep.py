@@ -72,7 +72,7 @@ def test_wild_photos_all_faces_and_skips(tmp_path):
         skipped = {Path(s).name: r for s, r in pyr.skipped()}
         assert names.count("facenet_multiface.jpg") >= 5          # six people, one half hidden
         assert names.count("deepface_selfie-many-people.jpg") >= 4    # the fifth, cut by the edge, scores 0.71
-        assert names.count("mtcnn_ivan.jpg") == 1
+        assert names.count("mtcnn_ivan.jpg") >= 1      # a second, partly hidden face scores 0.78-0.85
         assert skipped == {"mtcnn_no-faces.jpg": "no face", "truncated.jpg": "unreadable",
                            "notes.jpg": "unreadable"}
         assert len(set(names)) + len(skipped) == len(photos)
