@@ -12,7 +12,7 @@ from conftest import shared
 from progan_cli.metrics import inception
 from progan_cli.metrics.features import Extractor, tf1_resize_bilinear
 from progan_cli.metrics.fid import compute_fid, frechet_distance, source_stats, statistics, trace_sqrt_product
-from progan_cli.metrics.inception import PYTORCH_FID_FILE, pytorch_fid_state_dict, resolve_weights
+from progan_cli.metrics.inception import PYTORCH_FID_FILE, pytorch_fid_state_dict
 from progan_cli.metrics.sources import FolderSource
 
 

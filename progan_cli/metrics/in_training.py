@@ -3,8 +3,8 @@ snapshot ticks with the EMA generator. Training never imports metrics; the CLI b
 
 Names: `fid<N>k` (N thousand generated images against the whole real level, TTUR protocol), `is<N>k`
 (needs the classifier weights), `swd` or `swd<N>k` (N thousand images of each set, 16k by default as in the
-paper, capped at the level's size; skipped below 16x16). The real side is computed once per resolution: FID statistics through the
-same disk cache as `progan fid`, SWD images kept in memory.
+paper, capped at the level's size; skipped below 16x16). The real side is computed once per resolution: FID
+statistics through the same disk cache as `progan fid`, SWD images kept in memory.
 """
 
 from __future__ import annotations

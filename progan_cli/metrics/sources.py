@@ -138,7 +138,8 @@ class GeneratorSource(ImageSource):
     """`n` images from a run's or checkpoint's EMA generator, made on the fly (no PNG round trip).
 
     Latents come from a CPU torch.Generator seeded with `seed`, so the images do not depend on the device,
-    the batch size or n (the first k images of any n are the same). [-1, 1] -> uint8 as the official code: x * 127.5 + 127.5, rounded, clipped.
+    the batch size or n (the first k images of any n are the same). [-1, 1] -> uint8 as the official code:
+    x * 127.5 + 127.5, rounded, clipped.
     """
 
     def __init__(self, G: torch.nn.Module, res: int, n: int, device: torch.device | str, seed: int = 0,
