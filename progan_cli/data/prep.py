@@ -31,7 +31,7 @@ from progan_cli.errors import DataError, UsageError
 # Detection runs on a copy whose long side is at most this; faces are cropped from the full photo.
 # A 20 px face at this size is ~90 px in a 4600 px photo: smaller faces would be upscaled for any target
 # above 64, so little is lost, and MTCNN on a 14 MP photo would take seconds.
-MAX_DETECT_SIDE = 1280
+MAX_DETECT_SIDE = 1024
 
 
 @dataclass(frozen=True)
