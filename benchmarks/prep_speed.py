@@ -6,7 +6,7 @@ resized to the target) on the same photos and device. Detection alone: both dete
 photos. Each measurement is repeated and the best is kept, the two sides alternating, so that a busy machine
 hurts both alike. Photo sets: CelebA 178x218 (celeba-full, listed `--repeat` times), CelebA 89x109
 (celeba-half) and faces-wild (mixed sizes, up to 14 MP: facenet-pytorch needs equal sizes per batch, so it
-gets them one at a time, and it detects on the full photo while we detect on a copy of at most 1280 px).
+gets them one at a time, and it detects on the full photo while we detect on a copy of at most 1024 px).
 
 facenet-pytorch is an anchor, never a dependency. Its pins are stale, so install it without them:
     pip install --no-deps --target /tmp/fnp facenet-pytorch

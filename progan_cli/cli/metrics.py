@@ -16,7 +16,8 @@ from progan_cli.cli.common import err_console, print_json, resolve_device
 SOURCE_HELP = ("A folder of images (recursive), a pyramid .h5 (with --res), a run folder or checkpoint (with --n), "
                "or FID statistics .npz (mu, sigma).")
 Res = Annotated[Optional[int], typer.Option("--res", help="Pyramid level to read (default: the pyramid's target).")]
-N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a run or checkpoint.")]
+N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a run or checkpoint (swd: "
+                                          "also the most taken from each image set).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the generated latents (and of SWD's random draws).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception batch.")]
@@ -156,10 +157,12 @@ def swd(
     for path, source in zip((a, b), sources):
         if isinstance(source, StatsSource):
             raise DataError(f"{path}: FID statistics are not images; SWD compares images")
-    if sources[0].count != sources[1].count:
-        raise DataError(f"SWD compares equal numbers of images: {a} has {sources[0].count}, {b} has "
-                        f"{sources[1].count}")
-    result = compute_swd(*(s.images().to(dev) for s in sources), seed=seed)
+    # With --n, a larger image set contributes its first n images (the paper: 16384 reals vs 16384 fakes).
+    counts = [s.count if n is None else min(s.count, n) for s in sources]
+    if counts[0] != counts[1]:
+        raise DataError(f"SWD compares equal numbers of images: {a} has {counts[0]}, {b} has {counts[1]}; "
+                        f"pass --n {min(counts)} to use that many of each")
+    result = compute_swd(*(s.images()[: counts[0]].to(dev) for s in sources), seed=seed)
     if json_out:
         print_json({**result, "seconds": round(time.perf_counter() - start, 3)})
     else:
