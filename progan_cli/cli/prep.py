@@ -64,9 +64,9 @@ def prep(
             raise typer.Exit(130)
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary.skipped.items()) or "none"
     err_console.print(f"{summary.images} images from {summary.sources} photos in {summary.seconds:.1f} s "
-                      f"({summary.images_per_second:.1f} photos/s); skipped: {skipped}")
+                      f"({summary.photos_per_second:.1f} photos/s); skipped: {skipped}")
     if json_out:
-        print_json({**asdict(summary), "photos_per_second": summary.images_per_second})
+        print_json({**asdict(summary), "photos_per_second": summary.photos_per_second})
     else:
         print(summary.out)
 

@@ -78,7 +78,7 @@ class PrepSummary:
     resumed_batches: int = 0
 
     @property
-    def images_per_second(self) -> float:
+    def photos_per_second(self) -> float:
         return self.sources / self.seconds if self.seconds > 0 else 0.0
 
 
