@@ -112,3 +112,11 @@ def test_swd_n_takes_the_first_n_of_each_set(tmp_path):
     load = [torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted(d.iterdir())[:4]])).permute(0, 3, 1, 2)
             for d in (a, b)]
     assert json.loads(result.stdout)["mean"] == pytest.approx(compute_swd(*load, seed=3)["mean"], rel=1e-9)
+
+
+def test_is_and_swd_refuse_statistics_files(tmp_path):
+    stats = tmp_path / "real.npz"
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    a = _folder(tmp_path / "a", 4)
+    assert "IS needs images" in _one_error_line(_run("is", stats))
+    assert "SWD needs images" in _one_error_line(_run("swd", a, stats))

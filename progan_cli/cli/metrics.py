@@ -58,6 +58,18 @@ def _warn_small(counts: list[int | None]) -> None:
                           "numbers computed with the same n.")
 
 
+def _image_sources(paths: list[Path], res: int | None, n: int | None, device: str, seed: int, metric: str) -> list:
+    """Open the sources of a metric that needs images (IS, SWD): FID statistics files are refused."""
+    from progan_cli.errors import DataError
+    from progan_cli.metrics.sources import StatsSource, open_sources
+
+    sources = open_sources(paths, res, n, device, seed)
+    for path, source in zip(paths, sources):
+        if isinstance(source, StatsSource):
+            raise DataError(f"{path}: FID statistics hold no images; {metric} needs images")
+    return sources
+
+
 def fid(
     a: Annotated[Path, typer.Argument(help=SOURCE_HELP)],
     b: Annotated[Optional[Path], typer.Argument(help="The second source; leave out with --save-stats.")] = None,
@@ -115,13 +127,10 @@ def inception_score_cmd(
     from progan_cli.errors import DataError
     from progan_cli.metrics.features import Extractor
     from progan_cli.metrics.inception_score import inception_score_splits
-    from progan_cli.metrics.sources import StatsSource, open_source
 
     start = time.perf_counter()
     dev = resolve_device(device)
-    source = open_source(a, res, n, dev, seed)
-    if isinstance(source, StatsSource):
-        raise DataError(f"{a}: FID statistics hold no classifier outputs; IS needs images")
+    (source,) = _image_sources([a], res, n, dev, seed, "IS")
     if source.count < splits:
         raise DataError(f"{a}: {source.count} images cannot fill {splits} splits; give more images or --splits "
                         f"{max(1, source.count)}")
@@ -148,15 +157,11 @@ def swd(
     import time
 
     from progan_cli.errors import DataError
-    from progan_cli.metrics.sources import StatsSource, open_sources
     from progan_cli.metrics.swd import compute_swd
 
     start = time.perf_counter()
     dev = resolve_device(device)
-    sources = open_sources([a, b], res, n, dev, seed)
-    for path, source in zip((a, b), sources):
-        if isinstance(source, StatsSource):
-            raise DataError(f"{path}: FID statistics are not images; SWD compares images")
+    sources = _image_sources([a, b], res, n, dev, seed, "SWD")
     # With --n, a larger image set contributes its first n images (the paper: 16384 reals vs 16384 fakes).
     counts = [s.count if n is None else min(s.count, n) for s in sources]
     if counts[0] != counts[1]:
