@@ -225,6 +225,11 @@ def _decode(path: str) -> np.ndarray | str:
         return "missing"
 
 
+def _shard(parts: Path, index: int) -> Path:
+    """The file of batch `index` under the shard folder."""
+    return parts / f"batch-{index:06d}.npz"
+
+
 def _fingerprint(sources: list[str], options: PrepOptions) -> str:
     h = hashlib.sha256(json.dumps(asdict(options), sort_keys=True).encode())
     for s in sources:
@@ -247,7 +252,7 @@ def _open_parts(parts: Path, sources: list[str], options: PrepOptions) -> int:
                                    "sources": len(sources), "progan_version": __version__}))
         os.replace(tmp, manifest)
     done = 0
-    while (parts / f"batch-{done:06d}.npz").exists():
+    while _shard(parts, done).exists():
         done += 1
     return done
 
@@ -290,7 +295,7 @@ def run_prep(
     t0 = time.perf_counter()
     images = skipped = 0
     for b in range(start):  # count what earlier runs did, for the progress display
-        with np.load(parts / f"batch-{b:06d}.npz") as z:
+        with np.load(_shard(parts, b)) as z:
             images += len(z["source"])
             skipped += len(z["skipped_source"])
     if on_batch:
@@ -300,7 +305,7 @@ def run_prep(
         for b, photos in enumerate(_prefetch(sources, options.batch, start, workers), start):
             chunk = sources[b * options.batch:(b + 1) * options.batch]
             result = prep(chunk, photos)
-            result.save(parts / f"batch-{b:06d}.npz")
+            result.save(_shard(parts, b))
             images += len(result.meta)
             skipped += len(result.skipped)
             if on_batch:
@@ -320,7 +325,7 @@ def _assemble(parts: Path, n_batches: int, out: Path, options: PrepOptions, n_so
     with PyramidWriter(tmp, options.target, compression=options.compression,
                        progan_version=__version__, **attrs) as writer:
         for b in range(n_batches):
-            batch = _Batch.load(parts / f"batch-{b:06d}.npz")
+            batch = _Batch.load(_shard(parts, b))
             writer.append(batch.images, batch.meta)
             writer.skip([s for s, _ in batch.skipped], [r for _, r in batch.skipped])
             reasons.update(r for _, r in batch.skipped)
