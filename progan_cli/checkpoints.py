@@ -26,7 +26,7 @@ _NAME = re.compile(r"^ckpt-\d{6}(\.\d{3})?\.pt$")
 
 
 def kimg_tag(cur_nimg: int) -> str:
-    """Run files are named by kimg: 000600, or 000600.512 off a whole kimg; the names sort in time order."""
+    """Run files are named by kimg: 000600, or 000600.512 off a whole kimg."""
     return f"{cur_nimg // 1000:06d}" if cur_nimg % 1000 == 0 else f"{cur_nimg / 1000:010.3f}"
 
 
@@ -52,7 +52,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+    # By kimg, not by name: "ckpt-000600.512.pt" sorts before "ckpt-000600.pt" as text.
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: float(p.name[5:-3]))
 
 
 def find_checkpoint(path: Path) -> Path:

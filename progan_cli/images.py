@@ -10,8 +10,9 @@ import torch
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] (the networks' data range) to uint8 [0, 255]: scale, round, clip."""
-    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """Float images in [-1, 1] (the networks' data range) to uint8 [0, 255]: x * 127.5 + 127.5, rounded and
+    clipped, as the official `convert_images_to_uint8`; samples and metrics share it."""
+    return (images.float() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def grid_image(images: torch.Tensor, cols: int) -> np.ndarray:

@@ -167,7 +167,7 @@ def swd(
     if counts[0] != counts[1]:
         raise DataError(f"SWD compares equal numbers of images: {a} has {counts[0]}, {b} has {counts[1]}; "
                         f"pass --n {min(counts)} to use that many of each")
-    result = compute_swd(*(s.images()[: counts[0]].to(dev) for s in sources), seed=seed)
+    result = compute_swd(*(s.images(n=counts[0]).to(dev) for s in sources), seed=seed)
     if json_out:
         print_json({**result, "seconds": round(time.perf_counter() - start, 3)})
     else:

@@ -68,7 +68,7 @@ def make_training_metrics(names: list[str], data: Path, res: int, device: torch.
             elif cur_res >= 16:  # SWD's Laplacian pyramid starts at 16x16; nothing to compare below
                 count = min(n or SWD_DEFAULT_N, reals.count)
                 if (cur_res, count) not in real_images:
-                    real_images[(cur_res, count)] = reals.images()[:count].to(device)
+                    real_images[(cur_res, count)] = reals.images(n=count).to(device)
                 fake = GeneratorSource(G_ema, cur_res, count, device, seed, "G_ema").images().to(device)
                 result = compute_swd(real_images[(cur_res, count)], fake, seed=seed)
                 out[name] = result["mean"]

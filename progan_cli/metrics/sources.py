@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from progan_cli.errors import DataError, UsageError
+from progan_cli.images import to_uint8
 
 PYRAMID_SUFFIXES = (".h5", ".hdf5")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
@@ -38,9 +39,18 @@ class ImageSource:
         """A hash of the images themselves (cache key), or None when they are not stored anywhere."""
         return None
 
-    def images(self, batch_size: int = 256) -> torch.Tensor:
-        """All images as one uint8 NCHW tensor (SWD needs them together)."""
-        return torch.cat([b.cpu() for b in self.batches(batch_size)])
+    def images(self, batch_size: int = 256, n: int | None = None) -> torch.Tensor:
+        """The first `n` images (all by default) as one uint8 NCHW tensor (SWD needs them together);
+        reading stops there, so a large set is never loaded whole for a smaller n."""
+        want = self.count if n is None else min(n, self.count)
+        taken: list[torch.Tensor] = []
+        have = 0
+        for batch in self.batches(min(batch_size, max(want, 1))):
+            taken.append(batch[: want - have].cpu())
+            have += len(taken[-1])
+            if have >= want:
+                break
+        return torch.cat(taken)
 
 
 def _image_extensions() -> set[str]:
@@ -170,7 +180,7 @@ class GeneratorSource(ImageSource):
             for start in range(0, self.count, batch_size):
                 z = torch.stack([next(latents) for _ in range(min(batch_size, self.count - start))])
                 x = self.G(z.to(self.device), self.res)
-                yield (x * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+                yield to_uint8(x)
 
 
 @dataclass
