@@ -126,5 +126,4 @@ def load_generator(path: Path, device: torch.device | str = "cpu") -> tuple[torc
     G, _ = build_networks(cfg)
     G.load_state_dict(state["G_ema"])
     G.requires_grad_(False).eval().to(device)
-    sched = schedule_at(state["progress"]["cur_nimg"], cfg)
-    return G, sched.res if sched.alpha == 1.0 else sched.res // 2
+    return G, schedule_at(state["progress"]["cur_nimg"], cfg).sampling_res

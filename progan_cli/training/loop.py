@@ -212,7 +212,7 @@ def training_loop(
                 _save_fakes(G_ema, grid_z, sched, cfg.target, cols,
                             run_dir / "samples" / f"fakes{kimg_tag(cur_nimg)}.png")
                 if metrics is not None and (cur_tick % cfg.metrics_ticks == 0 or done):
-                    line.update(metrics(G_ema, sampling_res(sched)))
+                    line.update(metrics(G_ema, sched.sampling_res))
                 with open(run_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(line) + "\n")
             tick_sums = {}
@@ -257,11 +257,6 @@ def fade_reals(x: torch.Tensor, alpha: float) -> torch.Tensor:
     if alpha >= 1.0:
         return x
     return torch.lerp(F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest"), x, alpha)
-
-
-def sampling_res(sched: Schedule) -> int:
-    """The highest resolution G renders with its layers fully in: the previous one during a fade."""
-    return sched.res if sched.alpha == 1.0 else sched.res // 2
 
 
 class _Mirrored(Dataset):

@@ -28,6 +28,11 @@ class Schedule:
     lr: float
     phase: str  # "stable" or "fade"
 
+    @property
+    def sampling_res(self) -> int:
+        """The highest resolution G renders with its layers fully in: the previous one during a fade."""
+        return self.res if self.alpha == 1.0 else self.res // 2
+
 
 def schedule_at(cur_nimg: int, cfg: TrainConfig) -> Schedule:
     """The schedule after `cur_nimg` real images (official TrainingSchedule)."""
