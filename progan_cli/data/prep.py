@@ -15,8 +15,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from progan_cli.data.faces import (
     CROPS, IMAGE_SUFFIXES, UnreadableImage, align_quad, box_quad, center_quad, crop_quad, load_rgb)
 from progan_cli.data.pyramid import FaceMeta, PyramidWriter
 from progan_cli.errors import DataError, UsageError
+from progan_cli.prefetch import prefetch_batches
 
 # Detection runs on a copy whose long side is at most this; faces are cropped from the full photo.
 # A 20 px face at this size is ~90 px in a 4600 px photo: smaller faces would be upscaled for any target
@@ -257,18 +257,6 @@ def _open_parts(parts: Path, sources: list[str], options: PrepOptions) -> int:
     return done
 
 
-def _prefetch(sources: list[str], batch: int, start: int, workers: int) -> Iterator[list[np.ndarray | str]]:
-    """Decoded photos batch by batch, the next batch decoding in threads while the current one is used."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = None
-        for b in range(start, (len(sources) + batch - 1) // batch + 1):
-            chunk = sources[b * batch:(b + 1) * batch]
-            nxt = [pool.submit(_decode, s) for s in chunk] if chunk else None
-            if pending is not None:
-                yield [f.result() for f in pending]
-            pending = nxt
-
-
 def run_prep(
     sources: list[str],
     out: Path,
@@ -302,7 +290,8 @@ def run_prep(
         on_batch(min(start * options.batch, len(sources)), images, skipped)
     if start < n_batches:
         prep = FacePrep(options, device)
-        for b, photos in enumerate(_prefetch(sources, options.batch, start, workers), start):
+        todo = sources[start * options.batch:]
+        for b, photos in enumerate(prefetch_batches(_decode, todo, options.batch, workers), start):
             chunk = sources[b * options.batch:(b + 1) * options.batch]
             result = prep(chunk, photos)
             result.save(_shard(parts, b))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 
 from progan_cli.errors import DataError, UsageError
 from progan_cli.images import to_uint8
+from progan_cli.prefetch import prefetch_batches
 
 PYRAMID_SUFFIXES = (".h5", ".hdf5")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
@@ -98,11 +98,8 @@ class FolderSource(ImageSource):
             raise DataError(f"{path}: cannot decode this image ({exc}); remove or replace it") from None
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        with ThreadPoolExecutor(DECODE_THREADS) as pool:
-            decoded = pool.map(self._decode, self.files)
-            for start in range(0, self.count, batch_size):
-                chunk = [next(decoded) for _ in range(min(batch_size, self.count - start))]
-                yield torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2)
+        for chunk in prefetch_batches(self._decode, self.files, batch_size, DECODE_THREADS):
+            yield torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2)
 
     def content_key(self) -> str:
         digest = hashlib.sha256()
