@@ -9,7 +9,6 @@ and the number of images shown (see training/loop.py).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from progan_cli.config import TrainConfig
 from progan_cli.errors import CheckpointError
+from progan_cli.files import atomic_write
 
 FORMAT = "progan-checkpoint"
 FORMAT_VERSION = 1
@@ -39,9 +39,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / checkpoint_name(state["progress"]["cur_nimg"])
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink()
     return path
@@ -85,40 +84,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """Every RNG the run draws from: torch's CPU generator and that of the CUDA device it trains on.
-
-    All ranks draw the same streams (see training/step.py), so rank 0's state serves any rank count.
-    """
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore `rng_state`; a CUDA state applies to this process's device (none when resuming on the CPU)."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def build_networks(cfg: TrainConfig):
-    """G and D as the config describes them (progan_cli.networks)."""
-    from progan_cli.networks import Discriminator, Generator
-
-    G = Generator(cfg.target, latent_size=cfg.latent_size, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max)
-    D = Discriminator(cfg.target, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max,
-                      mbstd_group_size=cfg.mbstd_group_size)
-    return G, D
-
-
 def load_generator(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, int]:
     """The EMA generator of a run folder (its newest checkpoint) or checkpoint file, and its resolution.
 
     The resolution is the highest one G_ema renders fully: the current one in a stable phase, the previous
     one during a fade (the new layers are then only partly blended in).
     """
+    from progan_cli.networks import build_networks
     from progan_cli.training.schedule import schedule_at
 
     state = load_checkpoint(path)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from progan_cli.errors import UsageError
+from progan_cli.files import atomic_write
 
 # Official per-resolution minibatch (config.py, sched.minibatch_dict) and learning rate overrides.
 DEFAULT_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
@@ -121,9 +121,8 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         """Write as JSON, atomically."""
-        tmp = Path(path).with_name(Path(path).name + ".partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from progan_cli.files import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -28,14 +29,13 @@ def grid_image(images: torch.Tensor, cols: int) -> np.ndarray:
 
 
 def save_grid(images: torch.Tensor, path: Path, cols: int) -> Path:
-    """Write `images` as one PNG grid at `path`, atomically (temp file + os.replace)."""
+    """Write `images` as one PNG grid at `path`, atomically."""
     from PIL import Image
 
     path = Path(path)
     array = grid_image(images, cols)
     if array.shape[2] == 1:
         array = array[:, :, 0]
-    tmp = path.with_name(path.name + ".partial")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
     return path

@@ -1,4 +1,4 @@
-"""Pieces every command shares: the stderr console, device choice, JSON output."""
+"""Pieces every command shares: the stderr console and JSON output."""
 
 from __future__ import annotations
 
@@ -9,19 +9,6 @@ from rich.console import Console
 
 # Progress and logs go to stderr so that stdout carries only results (shell pipelines stay clean).
 err_console = Console(stderr=True)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is passed to torch as given."""
-    import torch
-
-    from progan_cli.errors import UsageError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asked for, but no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 def print_json(data: Any) -> None:

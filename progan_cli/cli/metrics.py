@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, print_json, resolve_device
+from progan_cli.cli.common import err_console, print_json
+from progan_cli.devices import resolve_device
 
 SOURCE_HELP = ("A folder of images (recursive), a pyramid .h5 (with --res), a run folder or checkpoint (with --n), "
                "or FID statistics .npz (mu, sigma).")

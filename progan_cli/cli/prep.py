@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, print_json, resolve_device
+from progan_cli.cli.common import err_console, print_json
+from progan_cli.devices import resolve_device
 
 
 def prep(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ from progan_cli.data.faces import (
     CROPS, IMAGE_SUFFIXES, UnreadableImage, align_quad, box_quad, center_quad, crop_quad, load_rgb)
 from progan_cli.data.pyramid import FaceMeta, PyramidWriter
 from progan_cli.errors import DataError, UsageError
+from progan_cli.files import atomic_write
 from progan_cli.prefetch import prefetch_batches
 
 # Detection runs on a copy whose long side is at most this; faces are cropped from the full photo.
@@ -121,8 +121,7 @@ class _Batch:
     skipped: list[tuple[str, str]]
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_write(path) as tmp, open(tmp, "wb") as fh:
             np.savez(
                 fh, images=self.images,
                 source=np.array([m.source for m in self.meta], dtype=str),
@@ -134,7 +133,6 @@ class _Batch:
                 skipped_source=np.array([s for s, _ in self.skipped], dtype=str),
                 skipped_reason=np.array([r for _, r in self.skipped], dtype=str),
             )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> _Batch:
@@ -247,10 +245,9 @@ def _open_parts(parts: Path, sources: list[str], options: PrepOptions) -> int:
                              f"command again to finish it, or delete {parts}")
     else:
         parts.mkdir(parents=True, exist_ok=True)
-        tmp = manifest.with_name("manifest.json.tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "options": asdict(options),
-                                   "sources": len(sources), "progan_version": __version__}))
-        os.replace(tmp, manifest)
+        with atomic_write(manifest) as tmp:
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "options": asdict(options),
+                                       "sources": len(sources), "progan_version": __version__}))
     done = 0
     while _shard(parts, done).exists():
         done += 1
@@ -308,11 +305,10 @@ def run_prep(
 
 def _assemble(parts: Path, n_batches: int, out: Path, options: PrepOptions, n_sources: int) -> PrepSummary:
     """All shards, in order, into `<out>.partial`, then renamed to `out`."""
-    tmp = out.with_name(out.name + ".partial")
     reasons: Counter[str] = Counter()
     attrs = {k: v for k, v in asdict(options).items() if k not in ("target", "batch", "compression")}
-    with PyramidWriter(tmp, options.target, compression=options.compression,
-                       progan_version=__version__, **attrs) as writer:
+    with atomic_write(out) as tmp, PyramidWriter(tmp, options.target, compression=options.compression,
+                                                 progan_version=__version__, **attrs) as writer:
         for b in range(n_batches):
             batch = _Batch.load(_shard(parts, b))
             writer.append(batch.images, batch.meta)
@@ -323,5 +319,4 @@ def _assemble(parts: Path, n_batches: int, out: Path, options: PrepOptions, n_so
                          {"name": "mtcnn", "min_face": options.min_face, "scale_factor": 0.709,
                           "thresholds": [0.6, 0.7, 0.7], "max_detect_side": MAX_DETECT_SIDE})
         count = writer.count
-    os.replace(tmp, out)
     return PrepSummary(out=str(out), sources=n_sources, images=count, skipped=dict(sorted(reasons.items())))

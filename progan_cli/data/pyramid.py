@@ -19,7 +19,6 @@ as the official `dataset_tool.py` (progressive_growing_of_gans) does.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from progan_cli.errors import DataError
+from progan_cli.files import atomic_write
 
 FORMAT = "progan-pyramid"
 FORMAT_VERSION = 1
@@ -173,10 +173,8 @@ def write_pyramid(path: Path, images: np.ndarray, meta: list[FaceMeta] | None = 
     if images.ndim != 4:
         raise DataError(f"expected images of shape (N, T, T, 3), got {images.shape}")
     meta = meta if meta is not None else [FaceMeta(source=f"array[{i}]") for i in range(len(images))]
-    tmp = path.with_name(path.name + ".partial")
-    with PyramidWriter(tmp, images.shape[1], **attrs) as writer:
+    with atomic_write(path) as tmp, PyramidWriter(tmp, images.shape[1], **attrs) as writer:
         writer.append(images, meta)
-    os.replace(tmp, path)
     return path
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from progan_cli.files import atomic_write
 from progan_cli.metrics.inception import FIDInception
 
 PROTOCOLS = ("ttur", "pytorch-fid")
@@ -105,9 +106,8 @@ def cached_arrays(key: str | None, compute: Callable[[], dict[str, np.ndarray]],
     arrays = compute()
     if use_cache and path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
     return arrays, False
 
 

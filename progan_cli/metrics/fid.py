@@ -15,13 +15,13 @@ in FID (docs/metrics.md).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from progan_cli.errors import DataError, UsageError
+from progan_cli.files import atomic_write
 from progan_cli.metrics.features import Extractor, cache_key, cached_arrays
 from progan_cli.metrics.sources import ImageSource, StatsSource
 
@@ -85,11 +85,10 @@ def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
 def save_stats(stats: StatsSource, path: Path) -> Path:
     """Write `mu`/`sigma` as pytorch-fid reads them, plus n, protocol and weights fingerprint; atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     extra = {k: np.array(v) for k, v in (("n", stats.count), ("protocol", stats.protocol),
                                           ("weights", stats.weights)) if v is not None}
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, **extra)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez appends no suffix
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, **extra)
     return path
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from progan_cli.errors import DataError
+from progan_cli.files import atomic_write
 
 ENV_WEIGHTS = "PROGAN_INCEPTION_WEIGHTS"
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -265,16 +266,14 @@ def _fid_helper_file() -> Path | None:
 
 def _download(dest: Path) -> bool:
     """Fetch pytorch-fid's weights for online users; fails fast (short timeout) when there is no network."""
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(PYTORCH_FID_URL, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
+        with (atomic_write(dest) as tmp, open(tmp, "wb") as f,
+              urllib.request.urlopen(PYTORCH_FID_URL, timeout=DOWNLOAD_TIMEOUT_S) as response):
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 f.write(chunk)
-        os.replace(tmp, dest)
         return True
     except OSError:
-        tmp.unlink(missing_ok=True)
         return False
 
 

@@ -1,6 +1,21 @@
 """ProGAN's generator and discriminator (Karras et al. 2018) and their layers."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from progan_cli.networks.discriminator import Discriminator
 from progan_cli.networks.generator import Generator
 
-__all__ = ["Discriminator", "Generator"]
+if TYPE_CHECKING:
+    from progan_cli.config import TrainConfig
+
+__all__ = ["Discriminator", "Generator", "build_networks"]
+
+
+def build_networks(cfg: TrainConfig) -> tuple[Generator, Discriminator]:
+    """G and D as a run's config describes them."""
+    G = Generator(cfg.target, latent_size=cfg.latent_size, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max)
+    D = Discriminator(cfg.target, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max,
+                      mbstd_group_size=cfg.mbstd_group_size)
+    return G, D

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from progan_cli.config import TrainConfig
+from progan_cli.devices import resolve_device
 from progan_cli.errors import UsageError
 
 
@@ -82,30 +83,14 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
-def resolve_device(name: str) -> tuple[torch.device, str | None]:
-    """The device to train on, and a note when "auto" fell back to the CPU for want of a GPU.
-
-    "auto" means CUDA when a GPU is visible; an explicit CUDA device without one is a usage error.
-    """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda"), None
-        return torch.device("cpu"), "no CUDA GPU visible: training on the CPU (--device cpu says so quietly)"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
-    return device, None
-
-
 def init_distributed(device_name: str) -> tuple[Distributed, str | None]:
     """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK), or stay alone without one.
 
     nccl on CUDA, gloo on the CPU. Each rank uses the GPU numbered by its LOCAL_RANK.
     """
-    device, note = resolve_device(device_name)
+    device = resolve_device(device_name)
+    note = ("no CUDA GPU visible: training on the CPU (--device cpu says so quietly)"
+            if device_name == "auto" and device.type == "cpu" else None)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Distributed(device=device), note

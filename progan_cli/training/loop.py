@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -28,11 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from progan_cli.checkpoints import build_networks, kimg_tag, rng_state, save_checkpoint, set_rng_state
+from progan_cli.checkpoints import kimg_tag, save_checkpoint
 from progan_cli.config import TrainConfig
 from progan_cli.errors import DataError, ProganError
+from progan_cli.files import atomic_write
 from progan_cli.images import save_grid
-from progan_cli.training.distributed import Distributed, resolve_device, split_batch
+from progan_cli.devices import resolve_device
+from progan_cli.networks import build_networks
+from progan_cli.training.distributed import Distributed, split_batch
+from progan_cli.training.rng import rng_state, set_rng_state
 from progan_cli.training.schedule import Schedule, adam_reset_needed, schedule_at
 from progan_cli.training.step import Nets, StepContext, make_optimizer, train_step
 
@@ -78,7 +81,7 @@ def training_loop(
     #                                           is the log line of a tick that just finished, else None
 ) -> TrainState:
     """Train G and D progressively from 4x4 to cfg.target until cfg.end_kimg thousand real images."""
-    dist = dist or Distributed(device=resolve_device(cfg.device)[0])
+    dist = dist or Distributed(device=resolve_device(cfg.device))
     device = dist.device
     run_dir = Path(run_dir)
     if device.type == "cuda":
@@ -346,9 +349,8 @@ def _truncate_log(path: Path, cur_tick: int) -> None:
     if not path.is_file():
         return
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["tick"] <= cur_tick]
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text("".join(ln + "\n" for ln in lines))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in lines))
 
 
 def _memory_gb(device: torch.device) -> float:

@@ -1,0 +1,39 @@
+"""The one place a `--device` option becomes a torch device, checked before any work starts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from progan_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_HELP = "auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA GPU when one is visible, else the CPU; 'cpu', 'cuda', 'cuda:N' as given.
+
+    Anything torch cannot use here (a GPU that is not visible, an index past the last GPU, another device
+    type) is a UsageError naming the option, raised before any work. torch is imported here, not at module
+    level, so that commands can import this without slowing `progan --help`.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use {DEVICE_HELP}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UsageError(f"--device {name!r}: progan runs on {DEVICE_HELP}")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device

@@ -1,0 +1,43 @@
+"""atomic_write keeps the old file on failure and leaves no temporary file; --device values fail in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from progan_cli.devices import resolve_device
+from progan_cli.errors import UsageError
+from progan_cli.files import atomic_write
+
+
+def test_atomic_write_replaces_on_success(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+    with atomic_write(path) as tmp:
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # readers see the old file until the rename
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_atomic_write_failure_keeps_old_file_and_removes_temp(tmp_path, exc):
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+    with pytest.raises(exc):
+        with atomic_write(path) as tmp:
+            tmp.write_text("half")
+            raise exc()
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("name", ["tpu", "mps", "garbage:1:2", "cuda:99"])
+def test_bad_devices_are_usage_errors(name):
+    with pytest.raises(UsageError, match="--device"):
+        resolve_device(name)
+
+
+def test_cpu_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
