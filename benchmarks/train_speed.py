@@ -80,7 +80,7 @@ class Ours:
     def step(self, reals: torch.Tensor) -> None:
         if self.channels_last:
             reals = reals.contiguous(memory_format=torch.channels_last)
-        train_step(self.nets, self.opt_G, self.opt_D, self.loss, reals, self.res, 1.0, self.ctx)
+        train_step(self.nets, self.opt_G, self.opt_D, self.loss, reals, self.res, 1.0, self.ctx, ema_beta=0.999)
 
 
 def import_anchor(path: str | None) -> types.ModuleType:

@@ -20,7 +20,7 @@ from progan_cli.files import atomic_write
 DEFAULT_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 DEFAULT_LR = {1024: 0.0015}
 LOSS_NAMES = ("wgan-gp", "logistic", "lsgan")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,14 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.0, 0.99)
     adam_eps: float = 1e-8
     reset_adam: bool = True  # when floor(lod) or ceil(lod) changes (official reset_opt_for_new_lod)
-    ema_decay: float = 0.999  # G_ema, updated every step
+    # G_ema, updated every step. The paper's fixed decay 0.999 per step (`ema_decay`) is a half-life of ~693
+    # steps: ~89 kimg at minibatch 128, so short runs show a G_ema that is still mostly the initial network.
+    # By default the half-life is set in images with a ramp-up instead (stylegan2-ada's ema_kimg, ema_rampup):
+    # the same as the paper's from 128x128 on (minibatch 16: ~11 kimg), never longer than a fraction of the
+    # images seen so far. See docs/train.md and `ema_beta` in training/step.py.
+    ema_kimg: float | None = 10.0  # half-life of G_ema in thousands of real images
+    ema_rampup: float | None = 0.05  # half-life at most this fraction of the images shown; None: no ramp-up
+    ema_decay: float | None = None  # the paper's fixed per-step decay instead (0.999); excludes ema_kimg
     # Loss and data.
     loss: str = "wgan-gp"
     mirror: bool = True
@@ -67,7 +74,7 @@ class TrainConfig:
         _check(self.target >= 4 and self.target <= 1024 and not self.target & (self.target - 1),
                f"--target {self.target} is not a power of two between 4 and 1024")
         _check(self.loss in LOSS_NAMES, f"--loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
-        _check(self.precision in PRECISIONS, f"--precision {self.precision!r} is not fp32 or bf16")
+        _check(self.precision in PRECISIONS, f"--precision {self.precision!r} is not fp32, tf32 or bf16")
         _check(self.stable_kimg > 0 and self.fade_kimg > 0, "--stable-kimg and --fade-kimg must be positive")
         _check(self.total_kimg is None or self.total_kimg > 0, "--total-kimg must be positive")
         _check(self.tick_kimg > 0, "--tick-kimg must be positive")
@@ -77,6 +84,11 @@ class TrainConfig:
         _check(self.snapshot_ticks > 0 and self.keep_checkpoints > 0 and self.metrics_ticks > 0,
                "--snapshot-ticks, --keep and --metrics-ticks must be positive")
         _check(self.workers >= 0, "--workers must be 0 or more")
+        _check((self.ema_kimg is None) != (self.ema_decay is None),
+               "give the G_ema horizon one way: --ema-kimg (images) or --ema-decay (per step), not both")
+        _check(self.ema_kimg is None or self.ema_kimg >= 0, "--ema-kimg must be 0 or more (0: G_ema = G)")
+        _check(self.ema_rampup is None or self.ema_rampup > 0, "--ema-rampup must be positive")
+        _check(self.ema_decay is None or 0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1), e.g. 0.999")
 
     @property
     def resolutions(self) -> list[int]:
@@ -111,6 +123,8 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown config keys {sorted(unknown)} (written by a newer progan?)")
         d = dict(d)
+        if "ema_decay" in d and "ema_kimg" not in d:  # written before ema_kimg existed: the paper's fixed decay
+            d.update(ema_kimg=None, ema_rampup=None)
         for key in ("minibatch", "lr_overrides"):
             if key in d:
                 d[key] = {int(k): v for k, v in d[key].items()}

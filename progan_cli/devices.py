@@ -1,7 +1,9 @@
-"""The one place a `--device` option becomes a torch device, checked before any work starts."""
+"""The one place a `--device` option becomes a torch device, checked before any work starts, and the TF32 policy."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from progan_cli.errors import UsageError
@@ -37,3 +39,22 @@ def resolve_device(name: str) -> torch.device:
     if device.index is not None and device.index >= count:
         raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+@contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 for CUDA matmuls and cuDNN convolutions inside the block only; the previous setting after it.
+
+    Training with `--precision tf32` runs its steps inside `tf32(True)`; metrics run inside `tf32(False)`, so
+    a number computed during training equals the one the command line computes (PyTorch's own default lets
+    cuDNN use TF32, which would not). The flags are read when a kernel launches, so a backward pass must run
+    inside the block too. On the CPU the flags exist and change nothing.
+    """
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -20,7 +20,9 @@ import torch.multiprocessing as mp
 from progan_cli.checkpoints import load_checkpoint
 from progan_cli.config import TrainConfig
 from progan_cli.training.loop import training_loop
-from test_train import _one_thread, photo_pyramid  # noqa: F401  (the fixture applies here too)
+from conftest import photo_pyramid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rank_main(rank: int, world: int, port: int, cfg: TrainConfig, run_dir: str, out: str) -> None:

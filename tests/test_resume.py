@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from progan_cli.checkpoints import load_checkpoint, load_generator
 from progan_cli.config import TrainConfig
 from progan_cli.training.loop import TIMING_FIELDS, training_loop
-from test_train import _one_thread, photo_pyramid  # noqa: F401  (the fixture applies here too)
+from conftest import TINY, photo_pyramid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same(a, b) -> bool:
@@ -73,7 +76,6 @@ def test_cli_resume_extends_a_finished_run_exactly(tmp_path):
     from typer.testing import CliRunner
 
     from progan_cli.cli.app import app
-    from test_train import TINY
 
     data = photo_pyramid(tmp_path / "photos.h5", 8)
     args = ["train", str(data), "--target", "8", *TINY, "--stable-kimg", "0.064", "--fade-kimg", "0.064",

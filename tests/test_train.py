@@ -12,39 +12,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import FIXTURES, shared
+from conftest import TINY, celeba_pyramid, photo_pyramid
 from progan_cli.cli.app import app
-from progan_cli.data.pyramid import write_pyramid
 
-TINY = ["--fmap-base", "128", "--fmap-max", "64", "--latent-size", "32", "--device", "cpu", "--workers", "0"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from a second thread, and lose a lot when the machine is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def celeba_pyramid(path: Path, count: int, target: int) -> Path:
-    """The standard CelebA centre crop (64x64 on the half-size images) of the first `count` faces."""
-    files = sorted(shared("celeba-half").glob("*.jpg"))[:count]
-    crops = [np.asarray(Image.open(f).convert("RGB").crop((13, 29, 77, 93)).resize((target, target), Image.BOX))
-             for f in files]
-    return write_pyramid(path, np.stack(crops))
-
-
-def photo_pyramid(path: Path, target: int) -> Path:
-    """Centre squares of the committed fixture photos: 8 real images, no ../shared needed."""
-    images = []
-    for f in sorted((FIXTURES / "photos").glob("*.jpg")):
-        im = Image.open(f).convert("RGB")
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        images.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((target, target), Image.BOX)))
-    return write_pyramid(path, np.stack(images))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_run_grows_to_16_and_leaves_samples_log_checkpoints(tmp_path):

@@ -25,7 +25,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint file) to continue exactly."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/NNNNN-<data>-<target>]."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda[:N] [default: auto = CUDA if visible]."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast; penalty kept in fp32)."),
+    precision: Optional[str] = typer.Option(None, help="fp32 (true fp32), tf32 (TF32 matmuls/convs on CUDA) or bf16 (autocast; penalty in fp32) [fp32]."),
     loss: Optional[str] = typer.Option(None, help="wgan-gp (paper), logistic or lsgan [default: wgan-gp]."),
     stable_kimg: Optional[float] = typer.Option(None, help="Thousands of images per stable phase [600]."),
     fade_kimg: Optional[float] = typer.Option(None, help="Thousands of images per fade-in [600]."),
@@ -37,6 +37,11 @@ def train(
     minibatch: Optional[str] = typer.Option(None, help="Global minibatch: N for every resolution, or RES:N pairs "
                                             "(4:128,...,128:16 by default)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate at every resolution [0.001; 0.0015 at 1024]."),
+    ema_kimg: Optional[float] = typer.Option(None, help="Half-life of G_ema in thousands of images [10]."),
+    ema_rampup: Optional[float] = typer.Option(None, help="G_ema's half-life at most this fraction of the images "
+                                               "shown so far; 0: no ramp-up [0.05]."),
+    ema_decay: Optional[float] = typer.Option(None, help="The paper's fixed G_ema decay per step instead (0.999); "
+                                              "replaces --ema-kimg and --ema-rampup."),
     mirror: Optional[bool] = typer.Option(None, "--mirror/--no-mirror", help="Random horizontal flips [on]."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, latents and data order [0]."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [2]."),
@@ -73,6 +78,14 @@ def train(
     if data is not None:
         options["data"] = str(data.resolve())
     options = {k: v for k, v in options.items() if v is not None}
+    if ema_kimg is not None:
+        options["ema_kimg"] = ema_kimg
+    if ema_rampup is not None:
+        options["ema_rampup"] = ema_rampup or None
+    if ema_decay is not None:
+        if ema_kimg is not None or ema_rampup is not None:
+            raise UsageError("--ema-decay (per step, the paper's) replaces --ema-kimg and --ema-rampup; give one")
+        options.update(ema_decay=ema_decay, ema_kimg=None, ema_rampup=None)
 
     checkpoint = None
     if resume is not None:

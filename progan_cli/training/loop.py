@@ -32,12 +32,12 @@ from progan_cli.config import TrainConfig
 from progan_cli.errors import DataError, ProganError
 from progan_cli.files import atomic_write
 from progan_cli.images import save_grid
-from progan_cli.devices import resolve_device
+from progan_cli.devices import resolve_device, tf32
 from progan_cli.networks import build_networks
 from progan_cli.training.distributed import Distributed, split_batch
 from progan_cli.training.rng import rng_state, set_rng_state
 from progan_cli.training.schedule import Schedule, adam_reset_needed, schedule_at
-from progan_cli.training.step import Nets, StepContext, make_optimizer, train_step
+from progan_cli.training.step import Nets, StepContext, ema_beta, make_optimizer, train_step
 
 # Log fields that measure the machine rather than the run: they differ between identical runs.
 TIMING_FIELDS = ("img_per_s", "sec_per_kimg", "sec_per_tick", "total_sec", "mem_gb")
@@ -85,8 +85,6 @@ def training_loop(
     device = dist.device
     run_dir = Path(run_dir)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
@@ -102,7 +100,8 @@ def training_loop(
     loss = LOSSES[cfg.loss]()
 
     def new_optimizers() -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        return tuple(make_optimizer(net, cfg.lr, cfg.adam_betas, cfg.adam_eps) for net in (G, D))
+        return tuple(make_optimizer(net, cfg.lr, cfg.adam_betas, cfg.adam_eps, fused=device.type == "cuda")
+                     for net in (G, D))
 
     opt_G, opt_D = new_optimizers()
     progress: dict[str, Any] = {"cur_nimg": 0, "cur_tick": 0, "tick_start_nimg": 0, "prev_lod": None,
@@ -131,7 +130,7 @@ def training_loop(
         else:
             _truncate_log(run_dir / "log.jsonl", progress["cur_tick"])
 
-    ctx = StepContext(latent_size=cfg.latent_size, ema_decay=cfg.ema_decay, precision=cfg.precision,
+    ctx = StepContext(latent_size=cfg.latent_size, precision=cfg.precision,
                       rank=dist.rank, world=dist.world, sync_grads=dist.sync_grads)
     end_nimg = round(cfg.end_kimg * 1000)
     tick_nimg = round(cfg.tick_kimg * 1000)
@@ -185,7 +184,9 @@ def training_loop(
         for _ in range(cfg.minibatch_repeats):
             reals = next(reals_iter).to(device, non_blocking=True).to(memory_format=memory_format)
             reals = fade_reals(reals.float() / 127.5 - 1.0, sched.alpha)
-            stats = train_step(nets, opt_G, opt_D, loss, reals, sched.res, sched.alpha, ctx)
+            with tf32(cfg.precision == "tf32"):
+                stats = train_step(nets, opt_G, opt_D, loss, reals, sched.res, sched.alpha, ctx,
+                                   ema_beta(cfg, cur_nimg, sched.minibatch))
             for k, v in stats.items():
                 tick_sums[k] = tick_sums[k] + v if k in tick_sums else v.clone()
             progress["tick_steps"] += 1

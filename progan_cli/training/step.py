@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from progan_cli.config import TrainConfig
+
 
 @dataclass
 class Nets:
@@ -27,7 +29,6 @@ class StepContext:
     """How a step runs: precision, and where this process sits among the ranks sharing a global minibatch."""
 
     latent_size: int
-    ema_decay: float = 0.999
     precision: str = "fp32"  # "bf16": forward passes under autocast (the loss keeps its penalty in fp32)
     rank: int = 0
     world: int = 1
@@ -47,25 +48,47 @@ class StepContext:
         return z[self.rank :: self.world]
 
 
-def make_optimizer(net: nn.Module, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Adam:
+def make_optimizer(net: nn.Module, lr: float, betas: tuple[float, float], eps: float,
+                   fused: bool = False) -> torch.optim.Adam:
     """Adam as in the paper (section A.1): betas (0, 0.99), eps 1e-8.
 
-    torch's default (foreach) implementation: a checkpoint's Adam state then loads on any device.
+    `fused` (one kernel for all parameters) is for CUDA; the CPU keeps torch's foreach implementation so CPU
+    runs stay bitwise reproducible. Both keep the same state, so a checkpoint's Adam state loads either way
+    and on any device (load_state_dict moves it to the parameters' device).
     """
-    return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps)
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps,
+                            fused=fused or None)
+
+
+def ema_beta(cfg: TrainConfig, cur_nimg: int, batch: int) -> float:
+    """The decay of this step's G_ema update.
+
+    With `cfg.ema_decay` the paper's fixed per-step value (appendix A.1: 0.999). Otherwise a half-life of
+    `ema_kimg` thousand images (stylegan2-ada's training_loop), capped at `ema_rampup` times the images
+    shown so far: beta = 0.5 ** (batch / half_life_images).
+    """
+    if cfg.ema_decay is not None:
+        return cfg.ema_decay
+    half_life = cfg.ema_kimg * 1000
+    if cfg.ema_rampup is not None:
+        half_life = min(half_life, cur_nimg * cfg.ema_rampup)
+    return 0.5 ** (batch / max(half_life, 1e-8))
 
 
 @torch.no_grad()
-def update_ema(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
-    """G_ema <- decay * G_ema + (1 - decay) * G, parameters and buffers (paper section A.1, beta 0.999)."""
-    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - decay)  # one launch, not one per tensor
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b)
+def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    """G_ema <- beta * G_ema + (1 - beta) * G over the parameters, in one fused launch.
+
+    G's only buffers are constant resampling kernels that G_ema already holds, so none are copied.
+    """
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
 
 
 def train_step(nets: Nets, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer, loss,
-               reals: torch.Tensor, res: int, alpha: float, ctx: StepContext) -> dict[str, torch.Tensor]:
-    """D step on `reals` (already in [-1, 1], faded, at `res`) and fresh fakes, then a G step, then G_ema.
+               reals: torch.Tensor, res: int, alpha: float, ctx: StepContext,
+               ema_beta: float) -> dict[str, torch.Tensor]:
+    """D step on `reals` (already in [-1, 1], faded, at `res`) and fresh fakes, then a G step, then G_ema
+    with decay `ema_beta`.
 
     `loss` has `d_loss(D, reals, fakes, alpha)` and `g_loss(D, fakes, alpha)` (training/loss.py).
     Returns detached scalar tensors (no device sync): loss_D, loss_G and the loss's own stats.
@@ -99,5 +122,5 @@ def train_step(nets: Nets, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Opti
         ctx.sync_grads(G)
     opt_G.step()
 
-    update_ema(nets.G_ema, G, ctx.ema_decay)
+    update_ema(nets.G_ema, G, ema_beta)
     return {"loss_D": loss_D.detach().float(), "loss_G": loss_G.detach().float(), **stats_D, **stats_G}
