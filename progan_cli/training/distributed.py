@@ -86,17 +86,24 @@ class Distributed:
 def init_distributed(device_name: str) -> tuple[Distributed, str | None]:
     """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK), or stay alone without one.
 
-    nccl on CUDA, gloo on the CPU. Each rank uses the GPU numbered by its LOCAL_RANK.
+    nccl on CUDA, gloo on the CPU. Each rank uses the GPU numbered by its LOCAL_RANK. A single process on
+    `cuda:N` makes N its current device, so no library call opens a stray context on GPU 0.
     """
     device = resolve_device(device_name)
     note = ("no CUDA GPU visible: training on the CPU (--device cpu says so quietly)"
             if device_name == "auto" and device.type == "cpu" else None)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return Distributed(device=device), note
     rank = int(os.environ["RANK"])
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = os.environ.get("LOCAL_RANK")
+        if local is None:
+            raise UsageError(f"WORLD_SIZE={world} is set but LOCAL_RANK is not, so every rank would take GPU 0; "
+                             "launch with torchrun (or set LOCAL_RANK per process)")
+        device = resolve_device(f"cuda:{int(local)}")
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         # Generous timeout: the other ranks wait in their next all-reduce while rank 0 computes metrics.
