@@ -14,6 +14,7 @@ first batch, crops smaller than the target (upscaled) unless asked for.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +237,14 @@ def parts_folder(out: Path) -> Path:
 
 
 @dataclass
+class _Photo:
+    """A decoded photo and the smaller copy face detection runs on (made in the decoding threads)."""
+
+    pixels: np.ndarray
+    small: np.ndarray
+
+
+@dataclass
 class _Crop:
     """One square prep will cut: from which photo of the batch, where, and what it costs in quality."""
 
@@ -303,8 +313,8 @@ class FacePrep:
 
             self.detector = MTCNN(device=device, min_face=options.min_face).eval()
 
-    def plan(self, sources: list[str], photos: list[np.ndarray | str]) -> _Plan:
-        """`photos[i]` is the decoded image of `sources[i]`, or the reason it could not be decoded."""
+    def plan(self, sources: list[str], photos: list[_Photo | str]) -> _Plan:
+        """`photos[i]` is the decoded `sources[i]`, or the reason it could not be decoded."""
         decoded = [i for i, p in enumerate(photos) if not isinstance(p, str)]
         detections = dict(zip(decoded, self._detect([photos[i] for i in decoded]))) if self.detector else {}
         plan = _Plan()
@@ -312,10 +322,10 @@ class FacePrep:
             if isinstance(photo, str):
                 plan.skipped.append((source, photo))
                 continue
-            if self.options.crop == "none" and photo.shape[0] != photo.shape[1]:
+            if self.options.crop == "none" and photo.pixels.shape[0] != photo.pixels.shape[1]:
                 plan.skipped.append((source, "not square"))
                 continue
-            candidates = self._candidates(i, source, photo, detections.get(i))
+            candidates = self._candidates(i, source, photo.pixels, detections.get(i))
             if not candidates:
                 plan.skipped.append((source, "no face"))
                 continue
@@ -329,10 +339,10 @@ class FacePrep:
             plan.take += [replace(c, meta=replace(c.meta, face_index=rank)) for rank, c in enumerate(kept)]
         return plan
 
-    def cut(self, plan: _Plan, photos: list[np.ndarray | str]) -> _Batch:
+    def cut(self, plan: _Plan, photos: list[_Photo | str]) -> _Batch:
         """Resample the planned crops (the pixel work, run off the main thread)."""
         t = self.options.target
-        images = [crop_quad(photos[c.index], c.meta.quad, t) for c in plan.take]
+        images = [crop_quad(photos[c.index].pixels, c.meta.quad, t) for c in plan.take]
         return _Batch(images=np.stack(images) if images else np.zeros((0, t, t, 3), np.uint8),
                       meta=[c.meta for c in plan.take], skipped=plan.skipped, dropped=plan.dropped,
                       side=np.array([c.side for c in plan.take], np.float32),
@@ -369,33 +379,32 @@ class FacePrep:
             return "too much padding"
         return None
 
-    def _detect(self, photos: list[np.ndarray]) -> list:
-        """MTCNN on copies no larger than MAX_DETECT_SIDE; boxes and landmarks mapped back to the photo."""
-        from PIL import Image
-
+    def _detect(self, photos: list[_Photo]) -> list:
+        """MTCNN on the detection copies; boxes and landmarks mapped back to the photo."""
         if not photos:
             return []
-        small, scales = [], []
-        for img in photos:
-            s = min(1.0, MAX_DETECT_SIDE / max(img.shape[:2]))
-            if s < 1.0:
-                size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
-                img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
-                s = img.shape[1] / photos[len(small)].shape[1]
-            small.append(img)
-            scales.append(s)
-        dets = self.detector.detect(small)
+        dets = self.detector.detect([p.small for p in photos])
+        scales = [p.small.shape[1] / p.pixels.shape[1] for p in photos]
         return [det if s == 1.0 else replace(det, boxes=det.boxes / s, landmarks=det.landmarks / s)
                 for det, s in zip(dets, scales)]
 
 
-def _decode(path: str) -> np.ndarray | str:
+def _decode(path: str, detects: bool) -> _Photo | str:
+    """A photo and, for detection, its copy no larger than MAX_DETECT_SIDE; or why there is none."""
+    from PIL import Image
+
     try:
-        return load_rgb(path)
+        img = load_rgb(path)
     except UnreadableImage:
         return "unreadable"
     except FileNotFoundError:
         return "missing"
+    small = img
+    s = MAX_DETECT_SIDE / max(img.shape[:2])
+    if detects and s < 1.0:
+        size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
+        small = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return _Photo(img, small)
 
 
 def _shard(parts: Path, index: int) -> Path:
@@ -466,7 +475,7 @@ def _create_parts(parts: Path, fingerprint: str, options: PrepOptions, n_sources
 
 def _remove_stale_temporaries(out: Path) -> None:
     """Temporary files of `out` left by a process that no longer runs (SIGKILL, power loss during assembly)."""
-    for tmp in out.parent.glob(f"{out.name}.*.partial"):
+    for tmp in out.parent.glob(f"{glob.escape(out.name)}.*.partial"):
         pid = tmp.name[len(out.name) + 1:-len(".partial")]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -619,7 +628,7 @@ def _run_batches(prep: FacePrep, sources: list[str], out: Path, start: int, opti
         if on_batch:
             on_batch(tally.photos, tally.images, tally.skipped)
 
-    decoded = prefetch_batches(_decode, sources[start * batch:], batch, workers)
+    decoded = prefetch_batches(partial(_decode, detects=options.detects), sources[start * batch:], batch, workers)
     with closing(decoded), ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep-cut") as cutter:
         previous: Future | None = None
         try:
@@ -646,7 +655,7 @@ def _check_first_batch(plan: _Plan, chunk: list[str], photos: list, options: Pre
     Called only while no image has been kept, so the earlier batches hold none and `photos_left` (from this
     batch on) is what the output will be made of.
     """
-    decodable = [p for p in photos if not isinstance(p, str)]
+    decodable = [p.pixels for p in photos if not isinstance(p, str)]
     if options.crop == "none" and decodable and all(p.shape[0] != p.shape[1] for p in decodable):
         h, w = decodable[0].shape[:2]
         raise _Discard(UsageError(f"--crop none takes square images, and none of the first {len(decodable)} is "
