@@ -53,19 +53,12 @@ def _broken_files(folder: Path) -> list[Path]:
     good = (FIXTURES / "photos" / "mtcnn_ivan.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (folder / "notes.jpg").write_text("a text file with an image's name\n")
-    return [folder / "truncated.jpg", folder / "notes.jpg"]
-
-
-def _wild_photos() -> list[Path]:
-    try:
-        return sorted(shared("faces-wild").iterdir())
-    except pytest.skip.Exception:
-        return sorted(p for p in (FIXTURES / "photos").glob("*.jpg"))
+    return [folder / "truncated.jpg", folder / "notes.jpg", folder / "gone.jpg"]
 
 
 @pytest.mark.slow
 def test_wild_photos_all_faces_and_skips(tmp_path):
-    photos = _wild_photos() + _broken_files(tmp_path)
+    photos = sorted((FIXTURES / "photos").glob("*.jpg")) + _broken_files(tmp_path)
     out = tmp_path / "wild.h5"
     result = prep("-", "--faces", "all", "--target", "32", "--out", str(out), "--json",
                   input="\n".join(map(str, photos)) + "\n")
@@ -77,9 +70,13 @@ def test_wild_photos_all_faces_and_skips(tmp_path):
         assert names.count("deepface_selfie-many-people.jpg") >= 4    # the fifth, cut by the edge, scores 0.71
         assert names.count("mtcnn_ivan.jpg") >= 1      # a second, partly hidden face scores 0.78-0.85
         assert skipped == {"mtcnn_no-faces.jpg": "no face", "truncated.jpg": "unreadable",
-                           "notes.jpg": "unreadable"}
+                           "notes.jpg": "unreadable", "gone.jpg": "missing"}
         assert len(set(names)) + len(skipped) == len(photos)
-        assert pyr.attrs["skipped"] == {"no face": 1, "unreadable": 2}
+        assert pyr.attrs["skipped"] == {"no face": 1, "unreadable": 2, "missing": 1}
+        # every kept crop is at least the target (no --upscale); smaller faces are counted, not hidden
+        quads = pyr.meta("quad")
+        assert np.hypot(*(quads[:, 3] - quads[:, 0]).T).min() >= 32
+        assert set(pyr.attrs["dropped_faces"]) <= {"too small"} and pyr.attrs["upscaled"] == 0
         # face_index counts faces within each photo
         idx = pyr.meta("face_index")
         assert sorted(idx[[n == "facenet_multiface.jpg" for n in names]]) == list(range(names.count("facenet_multiface.jpg")))

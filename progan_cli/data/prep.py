@@ -455,10 +455,10 @@ def _reusable_shards(parts: Path, fingerprint: str, overwrite: bool) -> int:
     if ours and (done == 0 or overwrite):
         shutil.rmtree(parts)
         return 0
-    command = f" (`{theirs['command']}`)" if theirs.get("command") else ""
     if not ours:
         raise DataError(f"{parts} holds files that are not prep's; move them away, or remove the folder: "
                         f"rm -r {parts}")
+    command = f" (`{theirs['command']}`)" if theirs.get("command") else ""
     raise UsageError(f"{parts} holds {done} finished batches of a prep with other photos or options{command}; "
                      f"run that command again to finish it, or discard them with `rm -r {parts}` "
                      "(or pass --overwrite)")
