@@ -55,11 +55,11 @@ def prep(
             sources = list_sources(src)
             dev = resolve_device(device)  # imports torch: after the checks that need none
             progress = Progress(
-                TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]:.1f} img/s"),
-                TextColumn("faces {task.fields[faces]}  skipped {task.fields[skipped]}"), TimeRemainingColumn(),
+                TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]:.1f} photos/s"),
+                TextColumn("images {task.fields[images]}  skipped {task.fields[skipped]}"), TimeRemainingColumn(),
                 console=err_console, transient=False,
             )
-            task = progress.add_task("prep", total=len(sources), rate=0.0, faces=0, skipped=0)
+            task = progress.add_task("prep", total=len(sources), rate=0.0, images=0, skipped=0)
             first = {"done": None}
 
             def on_batch(done: int, images: int, skipped: int) -> None:
@@ -68,7 +68,7 @@ def prep(
                     progress.start()
                 elapsed = progress.tasks[0].elapsed or 0.0
                 rate = (done - first["done"]) / elapsed if elapsed > 0 else 0.0
-                progress.update(task, completed=done, rate=rate, faces=images, skipped=skipped)
+                progress.update(task, completed=done, rate=rate, images=images, skipped=skipped)
 
             try:
                 summary = run_prep(sources, out, options, device=dev, workers=workers, overwrite=overwrite,
