@@ -1,4 +1,4 @@
-"""Decoding odd photos and the three crop recipes, against hand-computed quads and pixel arithmetic."""
+"""Decoding odd photos and the crop recipes, against hand-computed quads, areas and pixel arithmetic."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from progan_cli.data.faces import UnreadableImage, align_quad, box_quad, center_quad, crop_quad, load_rgb
+from progan_cli.data.faces import (
+    UnreadableImage, align_quad, box_quad, center_quad, crop_quad, load_rgb, outside_fraction, quad_side, square_quad)
 
 
 @pytest.fixture
@@ -47,6 +48,11 @@ def test_broken_files_are_unreadable(tmp_path, rgb):
     for name in ("truncated.jpg", "text.jpg", "empty.png"):
         with pytest.raises(UnreadableImage):
             load_rgb(tmp_path / name)
+
+
+def test_missing_file_is_not_unreadable(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_rgb(tmp_path / "gone.jpg")
 
 
 def test_center_crop_is_the_standard_celeba_crop():
@@ -96,3 +102,27 @@ def test_downscaling_is_antialiased():
     img = np.dstack([board] * 3)
     out = crop_quad(img, np.array([[0, 0], [0, 512], [512, 512], [512, 0]], np.float32), 32).astype(float)
     assert abs(out.mean() - 127.5) < 2 and out.std() < 2
+
+
+def test_square_quad_is_the_official_lsun_crop():
+    # create_lsun: crop = min(h, w); rows (h - crop) // 2 : (h + crop) // 2, the same for columns.
+    np.testing.assert_array_equal(square_quad(178, 218), [[0, 20], [0, 198], [178, 198], [178, 20]])
+    np.testing.assert_array_equal(square_quad(257, 256), [[0, 0], [0, 256], [256, 256], [256, 0]])
+    img = np.random.default_rng(3).integers(0, 256, (218, 178, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(crop_quad(img, square_quad(178, 218), 178), img[20:198])
+    assert quad_side(square_quad(178, 218)) == 178
+
+
+def test_outside_fraction_by_hand():
+    def square(x0, y0, side):
+        return np.array([[x0, y0], [x0, y0 + side], [x0 + side, y0 + side], [x0 + side, y0]], float)
+
+    assert outside_fraction(square(2, 2, 6), 10, 10) == 0
+    assert outside_fraction(square(-5, -5, 20), 10, 10) == pytest.approx(1 - 100 / 400)
+    assert outside_fraction(square(5, 0, 10), 10, 10) == pytest.approx(0.5)
+    assert outside_fraction(square(20, 20, 5), 10, 10) == 1
+    # A diamond (a square turned 45 degrees) centred on the photo's top edge: half of it is outside;
+    # centred on the top-left corner: three quarters.
+    diamond = np.array([[0, -10], [-10, 0], [0, 10], [10, 0]], float)
+    assert outside_fraction(diamond + (50, 0), 100, 100) == pytest.approx(0.5)
+    assert outside_fraction(diamond, 100, 100) == pytest.approx(0.75)

@@ -1,10 +1,12 @@
-"""Photos in, square face crops out: robust decoding, the three crop recipes, and antialiased resampling.
+"""Photos in, square crops out: robust decoding, the crop recipes, and antialiased resampling.
 
 A crop is described by a quad (4 corners in photo pixels, order top-left, bottom-left, bottom-right,
-top-right, as PIL's QUAD transform takes them), so the three recipes differ only in how they place it:
+top-right, as PIL's QUAD transform takes them), so the recipes differ only in how they place it:
   - align:  the oriented square of CelebA-HQ / FFHQ from the 5 landmarks (rotated with the face);
   - box:    an axis-aligned square around the detection box, enlarged by a margin;
-  - center: the standard CelebA crop (x=89, y=121, 128x128 on 178x218) scaled to the photo, no detection.
+  - center: the standard CelebA crop (x=89, y=121, 128x128 on 178x218) scaled to the photo, no detection;
+  - square: the largest centred square (the official dataset tool's LSUN crop), no detection;
+  - none:   the whole image, which must already be square, no detection.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-CROPS = ("align", "box", "center")
+CROPS = ("align", "box", "center", "square", "none")
+DETECTING_CROPS = ("align", "box")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
@@ -26,7 +29,8 @@ class UnreadableImage(Exception):
 def load_rgb(path: Path | str) -> np.ndarray:
     """Decode a photo as uint8 RGB (H, W, 3), upright per its EXIF orientation.
 
-    Greyscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all become 8-bit RGB.
+    Greyscale, palette, RGBA (alpha dropped), CMYK and 16-bit images all become 8-bit RGB. A file that is not
+    there raises FileNotFoundError (a missing photo), anything else that fails UnreadableImage.
     """
     try:
         with Image.open(path) as im:
@@ -40,6 +44,8 @@ def load_rgb(path: Path | str) -> np.ndarray:
             elif im.mode == "F":
                 im = Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8), "L")
             return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(f"{exc.__class__.__name__}: {exc}") from None
 
@@ -87,15 +93,71 @@ def center_quad(width: int, height: int) -> np.ndarray:
     return _square(np.array([89.0 * sx, 121.0 * sy]), 64.0 * min(sx, sy))
 
 
+def square_quad(width: int, height: int) -> np.ndarray:
+    """The largest centred square, on whole pixels as the official dataset tool's `create_lsun` cuts it."""
+    side = min(width, height)
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return np.array([[x0, y0], [x0, y0 + side], [x0 + side, y0 + side], [x0 + side, y0]], np.float32)
+
+
+def quad_side(quad: np.ndarray) -> float:
+    """Side of a crop square in photo pixels: below the target size, the crop is upscaled."""
+    quad = np.asarray(quad, np.float64)
+    return float(np.hypot(*(quad[3] - quad[0])))
+
+
+def outside_fraction(quad: np.ndarray, width: int, height: int) -> float:
+    """The share of the quad's area outside the photo, which `crop_quad` fills by reflection.
+
+    The quad (convex) is clipped to the photo rectangle edge by edge (Sutherland-Hodgman) and the areas
+    compared by the shoelace formula.
+    """
+    poly = [tuple(p) for p in np.asarray(quad, np.float64)]
+    total = _area(poly)
+    for axis, bound, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
+        poly = _clip(poly, axis, float(bound), keep_below)
+    return min(1.0, max(0.0, 1.0 - _area(poly) / total)) if total > 0 else 1.0
+
+
+def _clip(poly: list[tuple[float, float]], axis: int, bound: float, keep_below: bool) -> list[tuple[float, float]]:
+    """The part of a convex polygon on one side of the line `coordinate[axis] == bound`."""
+    def inside(p: tuple[float, float]) -> bool:
+        return p[axis] <= bound if keep_below else p[axis] >= bound
+
+    out = []
+    for a, b in zip(poly, poly[1:] + poly[:1]):
+        if inside(a):
+            out.append(a)
+        if inside(a) != inside(b):
+            t = (bound - a[axis]) / (b[axis] - a[axis])
+            out.append((a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])))
+    return out
+
+
+def _area(poly: list[tuple[float, float]]) -> float:
+    """Shoelace area (0 for fewer than 3 points)."""
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(poly, poly[1:] + poly[:1]))) / 2.0
+
+
 def crop_quad(img: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
     """Resample the quad of `img` to a size x size uint8 RGB image.
 
     Large quads are first shrunk by an integer box filter and resampled at their own scale, then resized
     with Lanczos, so downscaling is antialiased; where the quad leaves the photo, the photo is extended by
-    reflection (FFHQ does the same, plus a blur we leave out to keep pixels real).
+    reflection (FFHQ does the same, plus a blur we leave out to keep pixels real; `outside_fraction` measures
+    how much of a crop that is). An upright square on whole pixels inside the photo (the center, square and
+    none crops of most photos) is cut out and resized with Lanczos alone, as the official dataset tool does.
     """
     quad = np.asarray(quad, np.float64).copy()
-    side = float(np.hypot(*(quad[3] - quad[0])))
+    side = quad_side(quad)
+    x, y = quad[0]
+    upright = np.array_equal(quad, _square(np.array([x + side / 2, y + side / 2]), side / 2))
+    if upright and quad.min() >= 0 and x + side <= img.shape[1] and y + side <= img.shape[0] \
+            and np.array_equal(quad, np.round(quad)):
+        region = img[int(y):int(y + side), int(x):int(x + side)]
+        if int(side) == size:
+            return region.copy()
+        return np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.LANCZOS))
     shrink = int(math.floor(side / size * 0.5))
     if shrink > 1:
         img = np.asarray(Image.fromarray(img).reduce(shrink))
