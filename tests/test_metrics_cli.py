@@ -14,7 +14,6 @@ from progan_cli.cli.app import app
 from progan_cli.metrics import inception
 from progan_cli.metrics.inception import PYTORCH_FID_FILE
 from progan_cli.metrics.swd import compute_swd
-from test_fid import pth_weights  # noqa: F401  (session fixture: converted weights with a zero classifier)
 
 runner = CliRunner()
 
@@ -43,7 +42,7 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
 
 
-def test_fid_folders_stats_and_cache(tmp_path, pth_weights):  # noqa: F811
+def test_fid_folders_stats_and_cache(tmp_path, pth_weights):
     a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 6, seed=1)
     first = _run("fid", a, b, "--weights", pth_weights, "--json")
     assert first.exit_code == 0, first.output
@@ -61,7 +60,7 @@ def test_fid_folders_stats_and_cache(tmp_path, pth_weights):  # noqa: F811
     assert "--protocol ttur" in _one_error_line(other, exit_code=2)
 
 
-def test_is_with_zero_classifier_is_one(tmp_path, pth_weights):  # noqa: F811
+def test_is_with_zero_classifier_is_one(tmp_path, pth_weights):
     # All-zero logits: p(y|x) is uniform for every image, so KL(p(y|x) || p(y)) = 0 and IS = exp(0) = 1.
     a = _folder(tmp_path / "a", 4)
     result = _run("is", a, "--weights", pth_weights, "--splits", "2", "--json")
