@@ -74,12 +74,12 @@ def test_scores_every_checkpoint_matches_training_log_and_resumes(tiny_run):
     assert all(r["seed"] == 0 and r["data"] == str(data) and r["seconds"] >= 0 for r in records)
     assert [r["n"] for r in records[2:]] == [[16, 16], [8]]  # swd16 on the 16 reals; 8 pairs
 
-    # Training scored its last tick with the same code on the same G_ema: the same numbers (up to the order
-    # of parallel sums: training ran on one thread).
+    # Training scored its last tick with the same code on the same G_ema: the same numbers, up to the order of
+    # sums (training ran on one thread; SWD's float32 projections are summed in chunks that follow the threads).
     last_tick = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert last_tick["kimg"] == 0.64
     assert set(records[2]["results"]) == {"swd16", "swd16/16"}
-    assert records[2]["results"] == pytest.approx({k: last_tick[k] for k in records[2]["results"]}, rel=1e-9)
+    assert records[2]["results"] == pytest.approx({k: last_tick[k] for k in records[2]["results"]}, rel=1e-6)
     assert records[3]["results"]["msssim8"] == pytest.approx(last_tick["msssim8"], rel=1e-9)
     # And the metric called directly on 16 images of the checkpoint's generator.
     fakes = GeneratorSource.from_checkpoint(ckpts[2], 16, "cpu")

@@ -1,4 +1,8 @@
-"""Inception features of image batches, as each protocol feeds the network, and the on-disk statistics cache.
+"""Inception features of image batches, as each protocol feeds the network, and the on-disk cache.
+
+One pass over a source (`Extractor.features`) yields pool3 and, when IS is asked, the logits: FID, IS, KID and
+precision/recall all read that one pass. The cache keeps FID statistics (`cached_arrays`, used by fid.py) and
+the features of stored image sets, keyed by their content, the protocol and the weights' fingerprint.
 
 Protocols (how uint8 images become the network's 299x299 input):
 - `ttur` (default): the original TF implementation (bioinf-jku/TTUR) as torch-fidelity reproduces it: float
