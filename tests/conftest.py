@@ -71,3 +71,18 @@ def celeba_pool3():
     images = torch.from_numpy(crops).permute(0, 3, 1, 2)
     pool3, _ = extract(Extractor(helper).model, [images[:16], images[16:]], "ttur")
     return pool3[:16], pool3[16:]
+
+
+@pytest.fixture
+def inception_calls():
+    """The batch sizes of every forward call of the FID Inception network while the test runs (observed with a
+    global forward hook; nothing is replaced)."""
+    import torch
+
+    from progan_cli.metrics.inception import FIDInception
+
+    calls: list[int] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: calls.append(len(out)) if isinstance(module, FIDInception) else None)
+    yield calls
+    hook.remove()

@@ -101,11 +101,10 @@ def test_scores_every_checkpoint_matches_training_log_and_resumes(tiny_run):
 
 
 @pytest.mark.slow
-def test_inception_metrics_share_one_pass_per_source(tiny_run, pth_weights, tmp_path, monkeypatch):
+def test_inception_metrics_share_one_pass_per_source(tiny_run, pth_weights, inception_calls, tmp_path, monkeypatch):
     from progan_cli.checkpoints import list_checkpoints
     from progan_cli.metrics.features import Extractor
     from progan_cli.metrics.fid import frechet_distance, statistics
-    from progan_cli.metrics.inception import FIDInception
     from progan_cli.metrics.kid import compute_kid
     from progan_cli.metrics.precision_recall import compute_precision_recall
     from progan_cli.metrics.sources import GeneratorSource, PyramidSource
@@ -116,35 +115,29 @@ def test_inception_metrics_share_one_pass_per_source(tiny_run, pth_weights, tmp_
     (run / "checkpoints").mkdir(parents=True)
     for p in [src / "config.json", *list_checkpoints(src)]:
         (run / p.relative_to(src)).write_bytes(p.read_bytes())
-    calls = []
-    hook = torch.nn.modules.module.register_module_forward_hook(
-        lambda module, args, out: calls.append(len(out)) if isinstance(module, FIDInception) else None)
     metrics = ["--metrics", "fid10,kid10,pr10,is10", "--weights", pth_weights, "--batch-size", 64, "--device", "cpu"]
-    try:
-        first = _run("eval", run, "--every", 2, *metrics)
-        assert first.exit_code == 0, first.output
-        # Per checkpoint one batch of 10 generated images serves all four metrics; the reals (16, one batch) are
-        # read once per resolution (the first checkpoint draws 8x8 images, the last 16x16).
-        assert calls == [10, REALS, 10, REALS]
-        calls.clear()
-        rest = _run("eval", run, *metrics, "--json")
-        assert rest.exit_code == 0, rest.output
-        assert calls == [10]  # only the middle checkpoint was missing; its reals came from the disk cache
-        calls.clear()
+    first = _run("eval", run, "--every", 2, *metrics)
+    assert first.exit_code == 0, first.output
+    # Per checkpoint one batch of 10 generated images serves all four metrics; the reals (16, one batch) are
+    # read once per resolution (the first checkpoint draws 8x8 images, the last 16x16).
+    assert inception_calls == [10, REALS, 10, REALS]
+    inception_calls.clear()
+    rest = _run("eval", run, *metrics, "--json")
+    assert rest.exit_code == 0, rest.output
+    assert inception_calls == [10]  # only the middle checkpoint was missing; its reals came from the disk cache
+    inception_calls.clear()
 
-        records = {(r["checkpoint"], r["metric"]): r for r in _records(run)}
-        assert len(records) == 3 * 4 and json.loads(rest.stdout)["written"] == 4
-        ckpt = list_checkpoints(run)[1]
-        is10 = records[(ckpt.name, "is10")]
-        assert is10["results"]["is10"] == pytest.approx(1.0) and is10["n"] == [10]  # zero classifier: IS 1
-        # The numbers from features taken again: the reals' from the cache, the generator's in one new pass.
-        res = records[(ckpt.name, "fid10")]["res"]
-        extractor = Extractor(pth_weights, "ttur", "cpu", 64)
-        real = extractor.features(PyramidSource(data, res)).pool3
-        fake = extractor.features(GeneratorSource.from_checkpoint(ckpt, 10, "cpu")).pool3
-        assert calls == [10]
-    finally:
-        hook.remove()
+    records = {(r["checkpoint"], r["metric"]): r for r in _records(run)}
+    assert len(records) == 3 * 4 and json.loads(rest.stdout)["written"] == 4
+    ckpt = list_checkpoints(run)[1]
+    is10 = records[(ckpt.name, "is10")]
+    assert is10["results"]["is10"] == pytest.approx(1.0) and is10["n"] == [10]  # zero classifier: IS 1
+    # The numbers from features taken again: the reals' from the cache, the generator's in one new pass.
+    res = records[(ckpt.name, "fid10")]["res"]
+    extractor = Extractor(pth_weights, "ttur", "cpu", 64)
+    real = extractor.features(PyramidSource(data, res)).pool3
+    fake = extractor.features(GeneratorSource.from_checkpoint(ckpt, 10, "cpu")).pool3
+    assert inception_calls == [10]
     assert records[(ckpt.name, "fid10")]["results"]["fid10"] == pytest.approx(
         frechet_distance(*statistics(fake), *statistics(real)), rel=1e-9)
     assert records[(ckpt.name, "fid10")]["n"] == [10, REALS]

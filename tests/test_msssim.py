@@ -22,7 +22,7 @@ def _official_msssim(img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
     fspecial window shrunk to small scales, 'valid' filtering of the whole NHWC array with a (1, s, s, 1)
     window, SSIM and cs averaged over H, W and C, 2x2 box downsampling, clipping at 0, weighted product."""
     def fspecial(size: int, sigma: float) -> np.ndarray:
-        radius, offset, start, stop = size // 2, 0.0, -(size // 2), size // 2 + 1
+        offset, start, stop = 0.0, -(size // 2), size // 2 + 1
         if size % 2 == 0:
             offset, stop = 0.5, stop - 1
         x, y = np.mgrid[offset + start:stop, offset + start:stop]

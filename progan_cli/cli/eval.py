@@ -60,7 +60,8 @@ def _table(rows: list[dict]) -> str:
     for row in rows:
         for metric, reason in row["skipped"].items():
             skipped.setdefault((metric, reason), []).append(f"{row['res']}x{row['res']}")
-    lines += [f"{metric}: skipped at {', '.join(dict.fromkeys(at))}: {reason}" for (metric, reason), at in skipped.items()]
+    lines += [f"{metric}: skipped at {', '.join(dict.fromkeys(at))}: {reason}"
+              for (metric, reason), at in skipped.items()]
     return "\n".join(lines)
 
 

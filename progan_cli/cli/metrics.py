@@ -179,18 +179,27 @@ def swd(
         print(f"{result['mean']:.6g}")
 
 
-def _pool3_pair(a: Path, b: Path, res: int | None, n: int | None, protocol: str, weights: Path | None,
-                no_cache: bool, batch_size: int, device: str, seed: int, metric: str,
-                check: Callable[[int, int], object]) -> tuple[list, list, object]:
-    """The sources A and B of a feature metric (KID, PR), `check`ed on their counts before one Inception pass
-    each: (sources, features, extractor)."""
+def _feature_metric(a: Path, b: Path, res: int | None, n: int | None, protocol: str, weights: Path | None,
+                    no_cache: bool, batch_size: int, device: str, seed: int, json_out: bool, metric: str,
+                    check: Callable[[int, int], object], compute: Callable, text: Callable[[dict], str]) -> None:
+    """A metric of the pool3 features of A and B (KID, PR): the counts `check`ed before one Inception pass per
+    source, then `compute`(features_a, features_b, device) printed as `text` or JSON."""
+    import time
+
     from progan_cli.metrics.features import Extractor
 
+    start = time.perf_counter()
     dev = resolve_device(device)
     sources = _image_sources([a, b], res, n, dev, seed, metric)
     check(*(s.count for s in sources))
     extractor = Extractor(weights, protocol, dev, batch_size, progress=_progress())
-    return sources, [extractor.features(s, use_cache=not no_cache) for s in sources], extractor
+    fa, fb = (extractor.features(s, use_cache=not no_cache) for s in sources)
+    result = compute(fa.pool3, fb.pool3, dev)
+    if json_out:
+        print_json({**result, "n": [s.count for s in sources], "protocol": protocol,
+                    "weights": extractor.weights.fingerprint, "seconds": round(time.perf_counter() - start, 3)})
+    else:
+        print(text(result))
 
 
 def kid(
@@ -210,20 +219,12 @@ def kid(
     json_out: JsonOut = False,
 ) -> None:
     """Kernel Inception Distance (Binkowski et al. 2018): mean and std of the unbiased MMD^2 over subsets."""
-    import time
-
     from progan_cli.metrics.kid import compute_kid, subset_size_for
 
-    start = time.perf_counter()
-    sources, (fa, fb), extractor = _pool3_pair(a, b, res, n, protocol, weights, no_cache, batch_size, device,
-                                               seed, "KID", lambda na, nb: subset_size_for(na, nb, subsets,
-                                                                                           subset_size))
-    result = compute_kid(fa.pool3, fb.pool3, subsets, subset_size, seed, extractor.device)
-    if json_out:
-        print_json({**result, "n": [s.count for s in sources], "protocol": protocol,
-                    "weights": extractor.weights.fingerprint, "seconds": round(time.perf_counter() - start, 3)})
-    else:
-        print(f"{result['kid']:.6g} {result['kid_std']:.6g}")
+    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, seed, json_out, "KID",
+                    lambda na, nb: subset_size_for(na, nb, subsets, subset_size),
+                    lambda fa, fb, dev: compute_kid(fa, fb, subsets, subset_size, seed, dev),
+                    lambda r: f"{r['kid']:.6g} {r['kid_std']:.6g}")
 
 
 def precision_recall(
@@ -241,19 +242,12 @@ def precision_recall(
     json_out: JsonOut = False,
 ) -> None:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of B against A, on Inception pool3 features."""
-    import time
-
     from progan_cli.metrics.precision_recall import check_counts, compute_precision_recall
 
-    start = time.perf_counter()
-    sources, (fa, fb), extractor = _pool3_pair(a, b, res, n, protocol, weights, no_cache, batch_size, device,
-                                               seed, "precision/recall", lambda na, nb: check_counts(na, nb, k))
-    result = compute_precision_recall(fa.pool3, fb.pool3, k, extractor.device)
-    if json_out:
-        print_json({**result, "n": [s.count for s in sources], "protocol": protocol,
-                    "weights": extractor.weights.fingerprint, "seconds": round(time.perf_counter() - start, 3)})
-    else:
-        print(f"{result['precision']:.6g} {result['recall']:.6g}")
+    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, seed, json_out,
+                    "precision/recall", lambda na, nb: check_counts(na, nb, k),
+                    lambda fa, fb, dev: compute_precision_recall(fa, fb, k, dev),
+                    lambda r: f"{r['precision']:.6g} {r['recall']:.6g}")
 
 
 def msssim(
@@ -268,16 +262,12 @@ def msssim(
     """Mean MS-SSIM over pairs of images (the paper's variation measure; lower = more diverse)."""
     import time
 
-    from progan_cli.errors import DataError
     from progan_cli.metrics.msssim import check_size, compute_msssim
 
     start = time.perf_counter()
-    dev = resolve_device(device)
-    (source,) = _image_sources([a], res, n, dev, seed, "MS-SSIM")
+    (source,) = _image_sources([a], res, n, resolve_device(device), seed, "MS-SSIM")
     check_size(source.res)
-    if source.count < 2:
-        raise DataError(f"{a}: MS-SSIM needs at least 2 images (one pair), got {source.count}")
-    result = compute_msssim(source.batches(batch_size), source.count // 2)
+    result = compute_msssim(source.batches(batch_size), max(source.count // 2, 1))  # 1 image: one Error line
     if json_out:
         print_json({**result, "n": source.count, "seconds": round(time.perf_counter() - start, 3)})
     else:

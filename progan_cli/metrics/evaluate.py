@@ -65,7 +65,8 @@ def parse_metrics(names: Iterable[str]) -> list[MetricSpec]:
     for raw in names:
         name = raw.strip().lower()
         match = _NAME.match(name)
-        if not match or not (match.group(2) or match.group(1) in DEFAULT_COUNT) or (match.group(3) and not match.group(2)):
+        counted = match is not None and (match.group(2) or (match.group(1) in DEFAULT_COUNT and not match.group(3)))
+        if not counted:
             raise UsageError(f"--metrics: unknown metric {raw!r}; use fid<N>, kid<N>, pr<N>, is<N>, swd[<N>] or "
                              "msssim[<N>] with N a count, k for thousands (e.g. fid10k,kid10k,swd,msssim)")
         kind, number, kilo = match.groups()
