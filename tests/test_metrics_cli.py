@@ -121,6 +121,7 @@ def test_is_and_swd_refuse_statistics_files(tmp_path):
     assert "SWD needs images" in _one_error_line(_run("swd", a, stats))
 
 
+@pytest.mark.slow
 def test_kid_and_pr_read_each_folder_once(tmp_path, pth_weights, inception_calls):
     from progan_cli.metrics.features import Extractor
     from progan_cli.metrics.kid import compute_kid

@@ -82,6 +82,7 @@ def test_equals_official_code_transcription_on_celeba(size):
     assert 0.05 < want.mean() < 0.6  # different faces: far from 0 and 1
 
 
+@pytest.mark.slow
 def test_equals_pytorch_msssim_on_celeba():
     # pytorch-msssim takes the product over scales per colour channel and then averages the channels; the
     # official code averages SSIM and cs over the channels at each scale first. The two coincide when the

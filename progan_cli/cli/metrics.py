@@ -23,14 +23,14 @@ N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the generated latents (and of SWD's and KID's random "
                                    "draws).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception batch.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per batch (Inception, generation).")]
 Weights = Annotated[Optional[Path], typer.Option(
     "--weights", help="Inception weights (pytorch-fid .pth or fid-helper TorchScript); default: found offline, "
                       "see docs/metrics.md. Also $PROGAN_INCEPTION_WEIGHTS.")]
 Protocol = Annotated[str, typer.Option(
     "--protocol", help="ttur (the original TF FID, as torch-fidelity) or pytorch-fid (its resize/normalisation).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print everything as JSON.")]
-NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached features.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached features or statistics.")]
 IMAGES_HELP = SOURCE_HELP.replace(", or FID statistics .npz (mu, sigma)", "")
 
 

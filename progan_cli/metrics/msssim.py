@@ -11,9 +11,9 @@ at each of 5 scales a Gaussian window of 11 pixels, sigma 1.5 (both shrunk to th
 sigma = size * 1.5 / 11, when a scale is smaller than 11 pixels), 'valid' filtering, constants (0.01 * 255)^2
 and (0.03 * 255)^2; the SSIM and contrast-structure (cs) maps are averaged over pixels and colour channels
 together; between scales a 2x2 box average (an odd side repeats its last row or column, as the scipy
-'reflect' filtering of the official code's first release). Negative values are clipped to 0, and the pair's
-score is prod(cs_1..4 ^ w_1..4) * ssim_5 ^ w_5 with Wang et al.'s weights (0.0448, 0.2856, 0.3001, 0.2363,
-0.1333). Five scales need images of at least 16x16.
+'reflect' filtering in TensorFlow's msssim.py does; the official code's version fails on odd sides). Negative
+values are clipped to 0, and the pair's score is prod(cs_1..4 ^ w_1..4) * ssim_5 ^ w_5 with Wang et al.'s
+weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333). Five scales need images of at least 16x16.
 
 Computed in float64 (the official code uses float32; tests/test_msssim.py holds ours to pytorch-msssim and to
 a transcription of the official code), pairs in chunks so memory is bounded at any resolution.
