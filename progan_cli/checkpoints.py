@@ -46,13 +46,19 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
     return path
 
 
+def checkpoint_kimg(path: Path) -> float | None:
+    """The kimg a checkpoint's name records (ckpt-000600.512.pt -> 600.512); None for other names."""
+    name = Path(path).name
+    return float(name[5:-3]) if _NAME.match(name) else None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoints, oldest first."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
     # By kimg, not by name: "ckpt-000600.512.pt" sorts before "ckpt-000600.pt" as text.
-    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: float(p.name[5:-3]))
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=checkpoint_kimg)
 
 
 def find_checkpoint(path: Path) -> Path:

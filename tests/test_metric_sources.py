@@ -124,14 +124,21 @@ def test_stats_files(tmp_path):
         open_source(tmp_path / "absent")
 
 
-def test_training_metric_names():
-    from progan_cli.metrics.in_training import parse_metric
+def test_metric_names():
+    from progan_cli.metrics.evaluate import MetricSpec, parse_metrics
 
-    assert parse_metric("fid10k") == ("fid", 10000)
-    assert parse_metric("swd") == ("swd", None) and parse_metric("is50k") == ("is", 50000)
-    for bad in ("fid", "kid10k", "fid10m"):
-        with pytest.raises(UsageError, match="unknown metric"):
-            parse_metric(bad)
+    assert parse_metrics(["fid10k", " KID500", "pr10k", "is50k", "fid10k"]) == [
+        MetricSpec("fid10k", "fid", 10000), MetricSpec("kid500", "kid", 500), MetricSpec("pr10k", "pr", 10000),
+        MetricSpec("is50k", "is", 50000)]
+    # Without a count: the paper's 16,384 SWD images, 10,000 MS-SSIM pairs.
+    assert parse_metrics(["swd", "msssim", "msssim1k"]) == [
+        MetricSpec("swd", "swd", 16384), MetricSpec("msssim", "msssim", 10000),
+        MetricSpec("msssim1k", "msssim", 1000)]
+    for bad in ("fid", "kidk", "fid10m", "lpips10k", "fid0"):
+        with pytest.raises(UsageError, match="unknown metric|asks for"):
+            parse_metrics([bad])
+    with pytest.raises(UsageError, match="needs at least 10"):
+        parse_metrics(["is9"])  # 10 splits
 
 
 def test_training_swd_callback_matches_compute_swd(tmp_path):

@@ -14,7 +14,6 @@ from progan_cli.cli.app import app
 from progan_cli.metrics import inception
 from progan_cli.metrics.inception import PYTORCH_FID_FILE
 from progan_cli.metrics.swd import compute_swd
-from test_fid import pth_weights  # noqa: F401  (session fixture: converted weights with a zero classifier)
 
 runner = CliRunner()
 
@@ -43,7 +42,7 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
 
 
-def test_fid_folders_stats_and_cache(tmp_path, pth_weights):  # noqa: F811
+def test_fid_folders_stats_and_cache(tmp_path, pth_weights):
     a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 6, seed=1)
     first = _run("fid", a, b, "--weights", pth_weights, "--json")
     assert first.exit_code == 0, first.output
@@ -61,7 +60,7 @@ def test_fid_folders_stats_and_cache(tmp_path, pth_weights):  # noqa: F811
     assert "--protocol ttur" in _one_error_line(other, exit_code=2)
 
 
-def test_is_with_zero_classifier_is_one(tmp_path, pth_weights):  # noqa: F811
+def test_is_with_zero_classifier_is_one(tmp_path, pth_weights):
     # All-zero logits: p(y|x) is uniform for every image, so KL(p(y|x) || p(y)) = 0 and IS = exp(0) = 1.
     a = _folder(tmp_path / "a", 4)
     result = _run("is", a, "--weights", pth_weights, "--splits", "2", "--json")
@@ -120,3 +119,53 @@ def test_is_and_swd_refuse_statistics_files(tmp_path):
     a = _folder(tmp_path / "a", 4)
     assert "IS needs images" in _one_error_line(_run("is", stats))
     assert "SWD needs images" in _one_error_line(_run("swd", a, stats))
+
+
+@pytest.mark.slow
+def test_kid_and_pr_read_each_folder_once(tmp_path, pth_weights, inception_calls):
+    from progan_cli.metrics.features import Extractor
+    from progan_cli.metrics.kid import compute_kid
+    from progan_cli.metrics.precision_recall import compute_precision_recall
+    from progan_cli.metrics.sources import FolderSource
+
+    a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 5, seed=1)
+    kid = _run("kid", a, b, "--weights", pth_weights, "--subsets", 4, "--subset-size", 4, "--seed", 3, "--json")
+    assert kid.exit_code == 0, kid.output
+    assert inception_calls == [6, 5]
+    pr = _run("pr", a, b, "--weights", pth_weights, "--json")
+    assert pr.exit_code == 0, pr.output
+    # The same numbers from the cached features, computed directly.
+    extractor = Extractor(pth_weights)
+    fa, fb = (extractor.features(FolderSource(d)).pool3 for d in (a, b))
+    assert inception_calls == [6, 5]  # pr and the check read both folders' features from the cache
+    out = json.loads(kid.stdout)
+    assert out["n"] == [6, 5] and out["subset_size"] == 4 and out["protocol"] == "ttur"
+    want = compute_kid(fa, fb, subsets=4, subset_size=4, seed=3)
+    assert (out["kid"], out["kid_std"]) == pytest.approx((want["kid"], want["kid_std"]), rel=1e-12)
+    want = compute_precision_recall(fa, fb)
+    assert json.loads(pr.stdout)["precision"] == want["precision"]
+    assert _run("pr", a, b, "--weights", pth_weights).stdout.split() == [f"{want['precision']:.6g}",
+                                                                         f"{want['recall']:.6g}"]
+
+
+def test_kid_pr_msssim_bad_inputs_give_one_line(tmp_path):
+    a, three = _folder(tmp_path / "a", 5), _folder(tmp_path / "three", 3)
+    assert "more than 3 images" in _one_error_line(_run("pr", a, three))
+    assert "--subsets" in _one_error_line(_run("kid", a, a, "--subsets", 0), exit_code=2)
+    stats = tmp_path / "real.npz"
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    assert "KID needs images" in _one_error_line(_run("kid", stats, a))
+    assert "at least 16x16" in _one_error_line(_run("msssim", _folder(tmp_path / "small", 4, size=8)))
+    assert "at least 2 images" in _one_error_line(_run("msssim", _folder(tmp_path / "one", 1)))
+
+
+def test_msssim_pairs_consecutive_images(tmp_path):
+    from progan_cli.metrics.msssim import msssim_pairs
+
+    a = _folder(tmp_path / "a", 7)  # 3 pairs; the 7th image has no partner
+    result = _run("msssim", a, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    imgs = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted(a.iterdir())])).permute(0, 3, 1, 2)
+    assert out["pairs"] == 3 and out["n"] == 7
+    assert out["msssim"] == pytest.approx(float(msssim_pairs(imgs[0:6:2], imgs[1:6:2]).mean()), rel=1e-12)

@@ -1,4 +1,5 @@
-"""`progan fid A B`, `progan is A`, `progan swd A B`: the paper's metrics on folders, pyramids, runs or stats.
+"""`progan fid A B`, `progan is A`, `progan swd A B`, `progan kid A B`, `progan pr REAL FAKE`, `progan msssim A`:
+the paper's metrics and their successors on folders, pyramids, runs (FID also on stats).
 
 Each prints one number on stdout (or everything with --json); progress goes to stderr.
 """
@@ -19,15 +20,18 @@ SOURCE_HELP = ("A folder of images (recursive), a pyramid .h5 (with --res), a ru
 Res = Annotated[Optional[int], typer.Option("--res", help="Pyramid level to read (default: the pyramid's target).")]
 N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a run or checkpoint (swd: "
                                           "also the most taken from each image set).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the generated latents (and of SWD's random draws).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the generated latents (and of SWD's and KID's random "
+                                   "draws).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception batch.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per batch (Inception, generation).")]
 Weights = Annotated[Optional[Path], typer.Option(
     "--weights", help="Inception weights (pytorch-fid .pth or fid-helper TorchScript); default: found offline, "
                       "see docs/metrics.md. Also $PROGAN_INCEPTION_WEIGHTS.")]
 Protocol = Annotated[str, typer.Option(
     "--protocol", help="ttur (the original TF FID, as torch-fidelity) or pytorch-fid (its resize/normalisation).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print everything as JSON.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached features or statistics.")]
+IMAGES_HELP = SOURCE_HELP.replace(", or FID statistics .npz (mu, sigma)", "")
 
 
 def _progress() -> Callable[[str, int], Callable[[int], None]]:
@@ -111,7 +115,7 @@ def fid(
 
 
 def inception_score_cmd(
-    a: Annotated[Path, typer.Argument(help=SOURCE_HELP.replace(", or FID statistics .npz (mu, sigma)", ""))],
+    a: Annotated[Path, typer.Argument(help=IMAGES_HELP)],
     splits: Annotated[int, typer.Option("--splits", help="Consecutive splits the score is averaged over.")] = 10,
     res: Res = None,
     n: N = None,
@@ -146,7 +150,7 @@ def inception_score_cmd(
 
 
 def swd(
-    a: Annotated[Path, typer.Argument(help=SOURCE_HELP.replace(", or FID statistics .npz (mu, sigma)", ""))],
+    a: Annotated[Path, typer.Argument(help=IMAGES_HELP)],
     b: Annotated[Path, typer.Argument(help="The second source, with as many images as A.")],
     res: Res = None,
     n: N = None,
@@ -175,7 +179,105 @@ def swd(
         print(f"{result['mean']:.6g}")
 
 
+def _feature_metric(a: Path, b: Path, res: int | None, n: int | None, protocol: str, weights: Path | None,
+                    no_cache: bool, batch_size: int, device: str, seed: int, json_out: bool, metric: str,
+                    check: Callable[[int, int], object], compute: Callable, text: Callable[[dict], str]) -> None:
+    """A metric of the pool3 features of A and B (KID, PR): the counts `check`ed before one Inception pass per
+    source, then `compute`(features_a, features_b, device) printed as `text` or JSON."""
+    import time
+
+    from progan_cli.metrics.features import Extractor
+
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    sources = _image_sources([a, b], res, n, dev, seed, metric)
+    check(*(s.count for s in sources))
+    extractor = Extractor(weights, protocol, dev, batch_size, progress=_progress())
+    fa, fb = (extractor.features(s, use_cache=not no_cache) for s in sources)
+    result = compute(fa.pool3, fb.pool3, dev)
+    if json_out:
+        print_json({**result, "n": [s.count for s in sources], "protocol": protocol,
+                    "weights": extractor.weights.fingerprint, "seconds": round(time.perf_counter() - start, 3)})
+    else:
+        print(text(result))
+
+
+def kid(
+    a: Annotated[Path, typer.Argument(help=IMAGES_HELP)],
+    b: Annotated[Path, typer.Argument(help="The second source.")],
+    subsets: Annotated[int, typer.Option("--subsets", help="Random subsets the MMD is averaged over.")] = 100,
+    subset_size: Annotated[int, typer.Option("--subset-size", help="Images per subset (capped at the smaller "
+                                             "set).")] = 1000,
+    res: Res = None,
+    n: N = None,
+    protocol: Protocol = "ttur",
+    weights: Weights = None,
+    no_cache: NoCache = False,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: JsonOut = False,
+) -> None:
+    """Kernel Inception Distance (Binkowski et al. 2018): mean and std of the unbiased MMD^2 over subsets."""
+    from progan_cli.metrics.kid import compute_kid, subset_size_for
+
+    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, seed, json_out, "KID",
+                    lambda na, nb: subset_size_for(na, nb, subsets, subset_size),
+                    lambda fa, fb, dev: compute_kid(fa, fb, subsets, subset_size, seed, dev),
+                    lambda r: f"{r['kid']:.6g} {r['kid_std']:.6g}")
+
+
+def precision_recall(
+    a: Annotated[Path, typer.Argument(help="The real images: " + IMAGES_HELP)],
+    b: Annotated[Path, typer.Argument(help="The generated images (same kinds of source).")],
+    k: Annotated[int, typer.Option("--k", help="Neighbours that set each ball's radius (the paper's 3).")] = 3,
+    res: Res = None,
+    n: N = None,
+    protocol: Protocol = "ttur",
+    weights: Weights = None,
+    no_cache: NoCache = False,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: JsonOut = False,
+) -> None:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of B against A, on Inception pool3 features."""
+    from progan_cli.metrics.precision_recall import check_counts, compute_precision_recall
+
+    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, seed, json_out,
+                    "precision/recall", lambda na, nb: check_counts(na, nb, k),
+                    lambda fa, fb, dev: compute_precision_recall(fa, fb, k, dev),
+                    lambda r: f"{r['precision']:.6g} {r['recall']:.6g}")
+
+
+def msssim(
+    a: Annotated[Path, typer.Argument(help=IMAGES_HELP + " Images 0 and 1, 2 and 3, ... form the pairs.")],
+    res: Res = None,
+    n: N = None,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: JsonOut = False,
+) -> None:
+    """Mean MS-SSIM over pairs of images (the paper's variation measure; lower = more diverse)."""
+    import time
+
+    from progan_cli.metrics.msssim import check_size, compute_msssim
+
+    start = time.perf_counter()
+    (source,) = _image_sources([a], res, n, resolve_device(device), seed, "MS-SSIM")
+    check_size(source.res)
+    result = compute_msssim(source.batches(batch_size), max(source.count // 2, 1))  # 1 image: one Error line
+    if json_out:
+        print_json({**result, "n": source.count, "seconds": round(time.perf_counter() - start, 3)})
+    else:
+        print(f"{result['msssim']:.6g}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("fid")(fid)
     app.command("is")(inception_score_cmd)
     app.command("swd")(swd)
+    app.command("kid")(kid)
+    app.command("pr")(precision_recall)
+    app.command("msssim")(msssim)

@@ -1,4 +1,8 @@
-"""Inception features of image batches, as each protocol feeds the network, and the on-disk statistics cache.
+"""Inception features of image batches, as each protocol feeds the network, and the on-disk cache.
+
+One pass over a source (`Extractor.features`) yields pool3 and, when IS is asked, the logits: FID, IS, KID and
+precision/recall all read that one pass. The cache keeps FID statistics (`cached_arrays`, used by fid.py) and
+the features of stored image sets, keyed by their content, the protocol and the weights' fingerprint.
 
 Protocols (how uint8 images become the network's 299x299 input):
 - `ttur` (default): the original TF implementation (bioinf-jku/TTUR) as torch-fidelity reproduces it: float
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ from progan_cli.metrics.inception import FIDInception
 PROTOCOLS = ("ttur", "pytorch-fid")
 INCEPTION_SIZE = 299
 CACHE_ENV = "PROGAN_CACHE"
+FEATURES_VERSION = "features-v1"
 
 
 def tf1_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,22 +68,23 @@ def preprocess(images: torch.Tensor, protocol: str) -> torch.Tensor:
 
 def extract(model: FIDInception, batches: Iterable[torch.Tensor], protocol: str, logits: bool = False,
             progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """pool3 features (N, 2048) float64 of every image the batches yield, and the 1008 unbiased logits if asked.
+    """pool3 features (N, 2048) of every image the batches yield, and the 1008 unbiased logits if asked.
 
-    Batches are uint8 NCHW on any device; they move to the model's device before the float conversion (4x less
-    to copy).
+    Both float32, as the network computes them (every metric widens them to float64 itself; keeping float32
+    halves the memory and the cache of large real sets and loses nothing). Batches are uint8 NCHW on any
+    device; they move to the model's device before the float conversion (4x less to copy).
     """
     device = next(model.parameters()).device
     pools, heads = [], []
     with torch.inference_mode():
         for batch in batches:
             pool3 = model(preprocess(batch.to(device, non_blocking=True), protocol))
-            pools.append(pool3.double().cpu())
+            pools.append(pool3.float().cpu())
             if logits:
-                heads.append(model.logits(pool3).double().cpu())
+                heads.append(model.logits(pool3).float().cpu())
             if progress is not None:
                 progress(len(batch))
-    feats = torch.cat(pools).numpy() if pools else np.zeros((0, 2048))
+    feats = torch.cat(pools).numpy() if pools else np.zeros((0, 2048), np.float32)
     return feats, (torch.cat(heads).numpy() if logits and heads else None)
 
 
@@ -109,6 +116,18 @@ def cached_arrays(key: str | None, compute: Callable[[], dict[str, np.ndarray]],
         with atomic_write(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
     return arrays, False
+
+
+@dataclass(frozen=True)
+class Features:
+    """What one Inception pass over a source yields: pool3 (N, 2048) float32 and, when asked, the 1008 logits.
+
+    FID takes the mean and covariance of pool3, KID and precision/recall pool3 itself, IS the logits; the
+    first k rows are the features of the source's first k images.
+    """
+
+    pool3: np.ndarray
+    logits: np.ndarray | None = None
 
 
 class Extractor:
@@ -144,3 +163,21 @@ class Extractor:
         """pool3 features (and logits) of an ImageSource (progan_cli.metrics.sources)."""
         tick = self.progress(source.label, source.count) if self.progress else None
         return extract(self.model, source.batches(self.batch_size), self.protocol, logits, tick)
+
+    def features(self, source, logits: bool = False, use_cache: bool = True) -> Features:
+        """One Inception pass over an ImageSource, serving every metric of it (FID, IS, KID, precision/recall).
+
+        Stored images (folder, pyramid level) are cached on disk under their content, the protocol and the
+        weights' fingerprint, so a real set is read by Inception once for all checkpoints and metrics.
+        Generated images (no content key) are never cached.
+        """
+        content = source.content_key() if use_cache else None
+        key = (cache_key(FEATURES_VERSION, content, self.protocol, self.weights.fingerprint,
+                         "logits" if logits else "pool3") if content else None)
+
+        def compute() -> dict[str, np.ndarray]:
+            pool3, heads = self.run(source, logits)
+            return {"pool3": pool3} if heads is None else {"pool3": pool3, "logits": heads}
+
+        arrays, _ = cached_arrays(key, compute, use_cache)
+        return Features(arrays["pool3"], arrays.get("logits"))

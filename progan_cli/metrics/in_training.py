@@ -1,34 +1,19 @@
 """Metrics during training (`progan train --metrics fid10k,swd`): a callback the training loop calls at
 snapshot ticks with the EMA generator. Training never imports metrics; the CLI builds this callback.
 
-Names: `fid<N>k` (N thousand generated images against the whole real level, TTUR protocol), `is<N>k`
-(needs the classifier weights), `swd` or `swd<N>k` (N thousand images of each set, 16k by default as in the
-paper, capped at the level's size; skipped below 16x16). The real side is computed once per resolution: FID
-statistics through the same disk cache as `progan fid`, SWD images kept in memory.
+The names and the scoring are those of `progan eval` (progan_cli.metrics.evaluate): `fid<N>`, `kid<N>`, `pr<N>`,
+`is<N>` (needs the classifier weights: training stops before it starts without them), `swd[<N>]`,
+`msssim[<N>]`; the log gets the values under the same names (fid10k; kid10k and kid10k_std; pr10k_precision and
+pr10k_recall; swd and swd/16, ...). The real side is computed once per resolution and cached on disk; SWD and
+MS-SSIM are left out below 16x16.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-from progan_cli.errors import UsageError
-
-SWD_DEFAULT_N = 16384
-_NAME = re.compile(r"^(fid|is|swd)(\d+)?(k?)$")
-
-
-def parse_metric(name: str) -> tuple[str, int | None]:
-    """'fid10k' -> ('fid', 10000), 'swd' -> ('swd', None); UsageError for anything else."""
-    match = _NAME.match(name.strip().lower())
-    if not match or (match.group(1) != "swd" and not match.group(2)):
-        raise UsageError(f"--metrics: unknown metric {name!r}; use fid<N>k, is<N>k, swd or swd<N>k "
-                         "(e.g. fid10k,swd)")
-    kind, number, kilo = match.groups()
-    return kind, None if number is None else int(number) * (1000 if kilo else 1)
 
 
 def make_training_metrics(names: list[str], data: Path, res: int, device: torch.device | str,
@@ -36,43 +21,18 @@ def make_training_metrics(names: list[str], data: Path, res: int, device: torch.
     """The callback (G_ema, res) -> {name: value}. `data` is the pyramid file (or the folder holding it);
     `res` is the target resolution, checked against the pyramid now so a bad option fails before training."""
     from progan_cli.data.dataset import find_pyramid
-    from progan_cli.metrics.features import Extractor
-    from progan_cli.metrics.fid import frechet_distance, source_stats, statistics
-    from progan_cli.metrics.inception_score import inception_score
-    from progan_cli.metrics.sources import GeneratorSource, PyramidSource
-    from progan_cli.metrics.swd import compute_swd
+    from progan_cli.metrics.evaluate import Evaluator, parse_metrics
+    from progan_cli.metrics.sources import PyramidSource
 
-    metrics = [(name, *parse_metric(name)) for name in names]
+    specs = parse_metrics(names)
     pyramid = Path(data) if Path(data).is_file() else find_pyramid(Path(data))
     PyramidSource(pyramid, res)  # fails now (DataError) if the level is missing
-    needs_inception = any(kind in ("fid", "is") for _, kind, _ in metrics)
-    extractor = (Extractor(None, "ttur", device, need_classifier=any(k == "is" for _, k, _ in metrics))
-                 if needs_inception else None)
-    real_stats: dict[int, object] = {}
-    real_images: dict[tuple[int, int], torch.Tensor] = {}
+    evaluator = Evaluator(specs, pyramid, device, seed)
 
     def callback(G_ema: torch.nn.Module, cur_res: int) -> dict[str, float]:
         out: dict[str, float] = {}
-        reals = PyramidSource(pyramid, cur_res)
-        for name, kind, n in metrics:
-            if kind == "fid":
-                if cur_res not in real_stats:
-                    real_stats[cur_res] = source_stats(reals, extractor)[0]
-                ref = real_stats[cur_res]
-                fake = GeneratorSource(G_ema, cur_res, n, device, seed, "G_ema")
-                mu, sigma = statistics(extractor.run(fake)[0])
-                out[name] = frechet_distance(mu, sigma, ref.mu, ref.sigma)
-            elif kind == "is":
-                fake = GeneratorSource(G_ema, cur_res, n, device, seed, "G_ema")
-                out[name], out[f"{name}_std"] = inception_score(extractor.run(fake, logits=True)[1])
-            elif cur_res >= 16:  # SWD's Laplacian pyramid starts at 16x16; nothing to compare below
-                count = min(n or SWD_DEFAULT_N, reals.count)
-                if (cur_res, count) not in real_images:
-                    real_images[(cur_res, count)] = reals.images(n=count).to(device)
-                fake = GeneratorSource(G_ema, cur_res, count, device, seed, "G_ema").images().to(device)
-                result = compute_swd(real_images[(cur_res, count)], fake, seed=seed)
-                out[name] = result["mean"]
-                out.update({f"{name}/{lvl}": v for lvl, v in result["levels"].items()})
+        for result in evaluator.evaluate(G_ema, cur_res)[0]:
+            out.update(result.results)
         return out
 
     return callback
