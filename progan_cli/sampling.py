@@ -37,7 +37,7 @@ from progan_cli.images import grid_image, save_grid, to_uint8
 from progan_cli.training.schedule import Schedule, schedule_at
 
 LATENT_BLOCK = 1024  # latents are drawn in blocks of this many rows, so image i is reached in O(1)
-_SEED_MIX = 0x9E3779B1  # 2^32 / golden ratio: (seed, block) pairs of nearby seeds never share a generator seed
+_SEED_MIX = 0x9E3779B1  # 2^32 / golden ratio: sets up to 1000 apart share no block seed below image 2e9
 MAX_SEED = 2**32 - 1  # torch's CPU generator keeps 32 bits of its seed
 CPU_BATCH = 8  # measured: larger batches gain nothing on the CPU, and padding a lone image costs less
 EXPORT_FORMAT = "progan-generator"
@@ -69,6 +69,7 @@ def latents(seed: int, indices: Iterable[int], latent_size: int) -> torch.Tensor
 
 
 def check_seed(seed: int) -> None:
+    """Seeds are 32-bit: torch's CPU generator ignores higher bits, so larger ones would alias smaller ones."""
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed {seed}: seeds are whole numbers from 0 to {MAX_SEED}")
 
@@ -87,8 +88,9 @@ def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
     return picked
 
 
-def pick_images(n: int | None, seeds: str | None) -> Sequence[int]:
-    """The image numbers of `--n N` (0..N-1, 16 by default) or `--seeds LIST` (each once)."""
+def pick_images(n: int | None, seeds: str | None, seed: int) -> Sequence[int]:
+    """The image numbers of `--n N` (0..N-1, 16 by default) or `--seeds LIST` (each once), checking `--seed`."""
+    check_seed(seed)
     if seeds is not None:
         if n is not None:
             raise UsageError("--n and --seeds exclude each other: --n N makes images 0..N-1, --seeds picks numbers")
@@ -286,7 +288,7 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu", raw: bo
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     path = Path(path)
-    if path.suffix == EXPORT_SUFFIX:
+    if path.suffix.lower() == EXPORT_SUFFIX:
         meta, state = _read_export(path)
         if raw and meta["weights"] != "G":
             raise UsageError(f"--raw: {path} is an export holding {meta['weights']} only; use its run's checkpoint")
@@ -436,7 +438,8 @@ class PngWriter:
 
     def submit(self, array: np.ndarray, path: Path) -> None:
         while len(self._pending) >= 4 * self.threads:
-            self._pending.popleft().result()
+            self._pending[0].result()  # popped only once done, so __exit__ counts it if interrupted here
+            self._pending.popleft()
             self.written += 1
         self._pending.append(self._pool.submit(write_png, array, path))
 

@@ -36,6 +36,7 @@ def sample(
     seed: Seed = 0,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="A folder for numbered PNGs (000017.png is "
                                                 "image 17), or FILE.npz for one uint8 NHWC array.")] = None,
+    overwrite: Overwrite = False,
     fmt: Annotated[Optional[str], typer.Option("--format", help="png or npz [npz when --out ends in .npz].")] = None,
     grid: Annotated[Optional[Path], typer.Option("--grid", help="One contact sheet PNG of the images (with or "
                                                  "without --out).")] = None,
@@ -44,16 +45,13 @@ def sample(
     raw: Raw = False,
     device: Device = "auto",
     precision: Precision = "fp32",
-    overwrite: Overwrite = False,
 ) -> None:
     """Write images of a trained generator: numbered PNGs, an .npz array or a contact sheet."""
     from progan_cli import sampling
 
-    sampling.check_seed(seed)
-    indices = sampling.pick_images(n, seeds)
+    indices = sampling.pick_images(n, seeds, seed)
     folder, npz = sampling.sample_outputs(out, fmt, grid, cols, overwrite)
-    gen = sampling.load_generator(source, resolve_device(device), raw=raw, precision=precision)
-    res = gen.check_res(res)
+    gen, res = _load(source, device, raw, precision, res)
     if grid is not None:
         sampling.check_grid_size(len(indices), sampling.grid_cols(len(indices), cols), res)
     _say_what(gen, f"{len(indices)} images of set {seed}", res)
@@ -72,6 +70,7 @@ def interpolate(
     source: Source,
     out: Annotated[str, typer.Option("--out", "-o", help="walk.gif, walk.mp4 (needs the video extra) or a folder "
                                      "for numbered PNG frames.")],
+    overwrite: Overwrite = False,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Keyframes: image numbers of the set, joined by "
                                                  "slerp and looping back to the first [0-3].")] = None,
     seed: Seed = 0,
@@ -81,11 +80,10 @@ def interpolate(
     smooth: Annotated[Optional[float], typer.Option("--smooth", help="Instead of keyframes, the official random walk "
                                                     "smoothed over SIGMA seconds (1 in the paper's video).")] = None,
     seconds: Annotated[Optional[float], typer.Option("--seconds", help="Length of a --smooth walk [60].")] = None,
-    res: Res = None,
     raw: Raw = False,
+    res: Res = None,
     device: Device = "auto",
     precision: Precision = "fp32",
-    overwrite: Overwrite = False,
 ) -> None:
     """A walk through the latent space as a GIF, an MP4 or PNG frames."""
     from progan_cli import sampling
@@ -106,8 +104,7 @@ def interpolate(
         raise UsageError("--smooth takes a positive SIGMA in seconds, and --seconds must make at least one frame")
     if fps < 1:
         raise UsageError(f"--fps {fps}: give 1 or more frames per second")
-    gen = sampling.load_generator(source, resolve_device(device), raw=raw, precision=precision)
-    res = gen.check_res(res)
+    gen, res = _load(source, device, raw, precision, res)
     walk = (sampling.walk_latents(gen, seed, cols * rows, smooth=smooth, seconds=seconds or 60.0, fps=fps)
             if smooth is not None else
             sampling.walk_latents(gen, seed, cols * rows, keyframes=keyframes, frames=frames or 30))
@@ -138,6 +135,14 @@ def export(
     err_console.print(f"{gen.weights} of {gen.source} ({gen.res}x{gen.res}, {gen.kimg:g} kimg): "
                       f"{path.stat().st_size / 1e6:.1f} MB", soft_wrap=True)
     print(path)
+
+
+def _load(source: Path, device: str, raw: bool, precision: str, res: int | None):
+    """The generator on its device and the resolution to render, checked against how far the run grew."""
+    from progan_cli.sampling import load_generator
+
+    gen = load_generator(source, resolve_device(device), raw=raw, precision=precision)
+    return gen, gen.check_res(res)
 
 
 def _say_what(gen, what: str, res: int) -> None:
