@@ -22,7 +22,7 @@ import os
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +214,7 @@ class TrainedGenerator:
     cur_nimg: int  # real images its run had shown
     weights: str  # "G_ema" (the default) or "G" (the trained weights, --raw)
     source: str  # the file it came from
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
 
     @property
@@ -443,7 +443,7 @@ class PngWriter:
             self.written += 1
         self._pending.append(self._pool.submit(write_png, array, path))
 
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
         done = [f for f in self._pending if not f.cancelled()]
         self.written += sum(f.exception() is None for f in done)
@@ -561,13 +561,12 @@ def save_walk(frames: Iterator[np.ndarray], path: Path, kind: str, fps: int, on_
 def _save_mp4(frames: Iterator[np.ndarray], path: Path, fps: int) -> None:
     import av
 
-    with atomic_write(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = None
-            for frame in frames:
-                if stream is None:
-                    stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
-                    stream.height, stream.width = frame.shape[:2]
-                    stream.pix_fmt = "yuv420p"
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
+    with atomic_write(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
+                stream.height, stream.width = frame.shape[:2]
+                stream.pix_fmt = "yuv420p"
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())

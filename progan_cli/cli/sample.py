@@ -74,7 +74,8 @@ def interpolate(
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Keyframes: image numbers of the set, joined by "
                                                  "slerp and looping back to the first [0-3].")] = None,
     seed: Seed = 0,
-    frames: Annotated[Optional[int], typer.Option("--frames", help="Frames from one keyframe to the next [30].")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Frames from one keyframe to the next "
+                                                  "[30].")] = None,
     fps: Annotated[int, typer.Option("--fps", help="Frames per second.")] = 30,
     grid: Annotated[str, typer.Option("--grid", help="COLSxROWS walks side by side; cell c walks set SEED+c.")] = "1x1",
     smooth: Annotated[Optional[float], typer.Option("--smooth", help="Instead of keyframes, the official random walk "
