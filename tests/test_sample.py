@@ -355,6 +355,17 @@ def test_bad_input_fails_in_one_line_before_any_work(run, tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_trained_on_a_gpu_samples_on_the_cpu(tmp_path):
+    data = photo_pyramid(tmp_path / "photos.h5", 4)
+    args = [a if a != "cpu" else "cuda" for a in TINY]
+    assert cli("train", str(data), "--target", "4", *args, "--total-kimg", "0.016", "--minibatch", "8",
+               "--out", str(tmp_path / "run")).exit_code == 0
+    result = cli("sample", str(tmp_path / "run"), "--n", "3", "--out", str(tmp_path / "s"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path / "s").shape == (3, 4, 4, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_a_gpu_images_match_the_cpu_and_ignore_batching(run):
     cpu = load_generator(run).sample(40, seed=1).float()
     gpu = load_generator(run, "cuda")
