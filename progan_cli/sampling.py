@@ -522,10 +522,11 @@ def walk_latents(gen: TrainedGenerator, seed: int, cells: int, *, keyframes: Seq
     return keyframe_walk(keys, frames)
 
 
-def walk_frames(gen: TrainedGenerator, walk: torch.Tensor, res: int, cols: int) -> Iterator[np.ndarray]:
-    """HWC uint8 frames of a walk, its cells tiled `cols` across, rendered a forward pass at a time."""
+def walk_frames(gen: TrainedGenerator, walk: torch.Tensor, res: int, cols: int, zoom: int = 1) -> Iterator[np.ndarray]:
+    """HWC uint8 frames of a walk, its cells tiled `cols` across, enlarged `zoom` times by repeating pixels
+    (the official `image_zoom`), rendered a forward pass at a time."""
     for cells in rebatch(gen.render(walk.reshape(-1, walk.shape[2]), res), walk.shape[1]):
-        yield grid_image(cells, cols)
+        yield grid_image(cells, cols).repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 
 def save_walk(frames: Iterator[np.ndarray], path: Path, kind: str, fps: int, on_progress=None) -> None:

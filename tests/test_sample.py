@@ -166,6 +166,16 @@ def test_sample_equals_what_fid_scores(run, tmp_path):
         assert f["indices"].tolist() == [62, 3, 20, 21] and int(f["seed"]) == 3
 
 
+def test_the_training_grid_shows_the_first_images_of_the_runs_seed(run, tmp_path):
+    grid = tmp_path / "grid.png"
+    assert cli("sample", str(run), "--n", "256", "--grid", str(grid), "--cols", "16", "--device", "cpu").exit_code == 0
+    ours = np.asarray(Image.open(grid)).astype(int)
+    training = np.asarray(Image.open(run / "samples" / "fakes000000.192.png")).astype(int)  # 16x16 grid at 8x8
+    assert ours.shape == training.shape == (128, 128, 3)
+    diff = np.abs(ours - training)  # the loop renders 64 at a time: float rounding of another batch shape
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
 def test_a_fading_resolution_renders_at_its_alpha(run):
     G = load_generator(run / "checkpoints" / "ckpt-000000.096.pt")
     assert G.res == 4 and G.resolutions == [4, 8] and G.alpha(8) == 0.5 and G.alpha(4) == 1.0
@@ -226,9 +236,11 @@ def test_walks_as_gif_and_frames_show_the_sampled_keyframes(run, tmp_path):
     assert len({frame.tobytes() for frame in walk}) == 12
 
     smooth = tmp_path / "smooth"
-    assert cli("interpolate", str(run), "--smooth", "0.5", "--seconds", "1", "--fps", "6", "--out", str(smooth),
-               "--device", "cpu").exit_code == 0
-    assert pngs(smooth).shape == (6, 8, 8, 3)
+    assert cli("interpolate", str(run), "--smooth", "0.5", "--seconds", "1", "--fps", "6", "--zoom", "3",
+               "--out", str(smooth), "--device", "cpu").exit_code == 0
+    zoomed = pngs(smooth)
+    assert zoomed.shape == (6, 24, 24, 3)
+    np.testing.assert_array_equal(zoomed[:, ::3, ::3], zoomed[:, 2::3, 1::3])  # each pixel a 3x3 block
 
 
 def test_walk_as_mp4(run, tmp_path):
@@ -347,6 +359,7 @@ def test_bad_input_fails_in_one_line_before_any_work(run, tmp_path, monkeypatch)
     fails(["interpolate", str(run), "--seeds", "3", "--out", str(out)], "at least two --seeds keyframes")
     fails(["interpolate", str(run), "--smooth", "1", "--seeds", "1,2", "--out", str(out)], "leave out --seeds")
     fails(["interpolate", str(run), "--grid", "3", "--out", str(out)], "COLSxROWS")
+    fails(["interpolate", str(run), "--zoom", "0", "--out", str(out)], "--zoom")
     fails(["interpolate", str(run), "--out", str(full)], "already holds files")
     fails(["export", str(run), "--out", str(tmp_path / "never.pt")], "end its name in that")
     monkeypatch.setitem(sys.modules, "av", None)  # as if the video extra were not installed

@@ -81,6 +81,7 @@ def interpolate(
     smooth: Annotated[Optional[float], typer.Option("--smooth", help="Instead of keyframes, the official random walk "
                                                     "smoothed over SIGMA seconds (1 in the paper's video).")] = None,
     seconds: Annotated[Optional[float], typer.Option("--seconds", help="Length of a --smooth walk [60].")] = None,
+    zoom: Annotated[int, typer.Option("--zoom", help="Enlarge frames this many times (pixels repeated).")] = 1,
     raw: Raw = False,
     res: Res = None,
     device: Device = "auto",
@@ -103,8 +104,8 @@ def interpolate(
         raise UsageError("--smooth draws its own random latents: leave out --seeds and --frames (use --seconds)")
     elif smooth <= 0 or (seconds is not None and seconds * fps < 1):
         raise UsageError("--smooth takes a positive SIGMA in seconds, and --seconds must make at least one frame")
-    if fps < 1:
-        raise UsageError(f"--fps {fps}: give 1 or more frames per second")
+    if fps < 1 or zoom < 1:
+        raise UsageError("--fps and --zoom take whole numbers of 1 or more")
     gen, res = _load(source, device, raw, precision, res)
     walk = (sampling.walk_latents(gen, seed, cols * rows, smooth=smooth, seconds=seconds or 60.0, fps=fps)
             if smooth is not None else
@@ -112,7 +113,8 @@ def interpolate(
     _say_what(gen, f"{len(walk)} frames of {cols}x{rows} walks", res)
     try:
         with _progress("rendering", len(walk)) as advance:
-            sampling.save_walk(sampling.walk_frames(gen, walk, res, cols), path, kind, fps, on_progress=advance)
+            sampling.save_walk(sampling.walk_frames(gen, walk, res, cols, zoom), path, kind, fps,
+                               on_progress=advance)
     except sampling.Interrupted as stop:
         _stopped(stop, path if kind == "folder" else None)
     print(path)
