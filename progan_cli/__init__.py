@@ -10,3 +10,12 @@ try:
     __version__ = version("progan")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+
+def __getattr__(name: str):
+    """`progan_cli.load_generator` without importing torch on `import progan_cli` (PEP 562)."""
+    if name == "load_generator":
+        from progan_cli.sampling import load_generator
+
+        return load_generator
+    raise AttributeError(f"module 'progan_cli' has no attribute {name!r}")

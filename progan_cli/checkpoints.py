@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from progan_cli.config import TrainConfig
 from progan_cli.errors import CheckpointError
 from progan_cli.files import atomic_write
 
@@ -89,19 +88,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     state["path"] = str(path)
     return state
 
-
-def load_generator(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, int]:
-    """The EMA generator of a run folder (its newest checkpoint) or checkpoint file, and its resolution.
-
-    The resolution is the highest one G_ema renders fully: the current one in a stable phase, the previous
-    one during a fade (the new layers are then only partly blended in).
-    """
-    from progan_cli.networks import build_networks
-    from progan_cli.training.schedule import schedule_at
-
-    state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"])
-    G, _ = build_networks(cfg)
-    G.load_state_dict(state["G_ema"])
-    G.requires_grad_(False).eval().to(device)
-    return G, schedule_at(state["progress"]["cur_nimg"], cfg).sampling_res

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from progan_cli.checkpoints import load_checkpoint, load_generator
+from progan_cli.checkpoints import load_checkpoint
 from progan_cli.config import TrainConfig
+from progan_cli.sampling import load_generator
 from progan_cli.training.loop import TIMING_FIELDS, training_loop
 from conftest import TINY, photo_pyramid
 
@@ -68,8 +69,8 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path):
     assert _log(tmp_path / "whole") == _log(tmp_path / "split")
     assert len(_log(tmp_path / "whole")) == 6
     # Mid-fade (192 images: 8x8 at alpha 0.5) G_ema renders 4x4 fully; at the end 8x8.
-    assert load_generator(tmp_path / "split" / "checkpoints" / "ckpt-000000.192.pt")[1] == 4
-    assert load_generator(tmp_path / "split")[1] == 8
+    assert load_generator(tmp_path / "split" / "checkpoints" / "ckpt-000000.192.pt").res == 4
+    assert load_generator(tmp_path / "split").res == 8
 
 
 def test_cli_resume_extends_a_finished_run_exactly(tmp_path):

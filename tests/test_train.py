@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_run_grows_to_16_and_leaves_samples_log_checkpoints(tmp_path):
-    from progan_cli.checkpoints import list_checkpoints, load_generator
+    from progan_cli.checkpoints import list_checkpoints
+    from progan_cli.sampling import load_generator
 
     data = celeba_pyramid(tmp_path / "faces.h5", 200, 16)
     run = tmp_path / "run"
@@ -53,10 +54,10 @@ def test_tiny_run_grows_to_16_and_leaves_samples_log_checkpoints(tmp_path):
     checkpoints = list_checkpoints(run)
     # written at ticks 4 and 8 and at the end (0.512, 1.024, 1.28 kimg); the newest two are kept
     assert [p.name for p in checkpoints] == ["ckpt-000001.024.pt", "ckpt-000001.280.pt"]
-    G, res = load_generator(run, "cpu")
-    assert res == 16
+    G = load_generator(run, "cpu")
+    assert G.res == 16
     with torch.no_grad():
-        images = G(torch.randn(3, 32), res)
+        images = G.net(torch.randn(3, 32), G.res)
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from progan_cli.cli.common import err_console
+from progan_cli.cli.common import err_console, parse_grid
 
 RUNS_DIR = Path("runs")
 
@@ -74,7 +74,7 @@ def train(
     if metrics is not None:
         options["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
     if grid is not None:
-        options["grid"] = _parse_grid(grid)
+        options["grid"] = parse_grid(grid)
     if data is not None:
         options["data"] = str(data.resolve())
     options = {k: v for k, v in options.items() if v is not None}
@@ -135,18 +135,6 @@ def train(
         print(run_dir)
     if state.stopped:
         raise typer.Exit(130)
-
-
-def _parse_grid(text: str) -> tuple[int, int]:
-    from progan_cli.errors import UsageError
-
-    try:
-        cols, rows = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--grid {text!r}: give COLSxROWS, e.g. 8x4") from None
-    if cols < 1 or rows < 1:
-        raise UsageError(f"--grid {text!r}: columns and rows must be positive")
-    return cols, rows
 
 
 def _next_run_dir(stem: str, target: int) -> Path:

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from progan_cli.errors import DataError, UsageError
-from progan_cli.images import to_uint8
 from progan_cli.prefetch import prefetch_batches
+from progan_cli.sampling import EXPORT_SUFFIX, generate, load_generator, rebatch
 
 PYRAMID_SUFFIXES = (".h5", ".hdf5")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
+GENERATOR_SUFFIXES = (*CHECKPOINT_SUFFIXES, EXPORT_SUFFIX)  # what opens as a GeneratorSource
 STATS_SUFFIX = ".npz"
-LATENT_BLOCK = 1024  # see GeneratorSource._latents
 DECODE_THREADS = 4  # PIL releases the GIL while decoding: threads overlap JPEG decoding with Inception
 
 
@@ -142,42 +142,29 @@ class PyramidSource(ImageSource):
 
 
 class GeneratorSource(ImageSource):
-    """`n` images from a run's or checkpoint's EMA generator, made on the fly (no PNG round trip).
-
-    Latents come from a CPU torch.Generator seeded with `seed`, so the images do not depend on the device,
-    the batch size or n (the first k images of any n are the same). [-1, 1] -> uint8 as the official code:
-    x * 127.5 + 127.5, rounded, clipped.
+    """`n` images from a generator, made on the fly (no PNG round trip): images 0..n-1 of set `seed` as
+    `progan sample --n N --seed S` makes them (progan_cli.sampling: the same latents, the same fixed forward
+    batches), so the first k images of any n are the same and the consumer's batch size changes nothing.
     """
 
     def __init__(self, G: torch.nn.Module, res: int, n: int, device: torch.device | str, seed: int = 0,
-                 label: str = "generator"):
+                 label: str = "generator", alpha: float = 1.0):
         if n <= 0:
             raise UsageError(f"--n must be positive to generate images from {label}, got {n}")
-        self.G, self.res, self.count, self.seed, self.device = G, res, n, seed, device
+        self.G, self.res, self.count, self.seed, self.device, self.alpha = G, res, n, seed, device, alpha
         self.label = f"{label} ({n} generated at {res}x{res})"
 
     @classmethod
-    def from_checkpoint(cls, path: Path, n: int, device: torch.device | str, seed: int = 0) -> GeneratorSource:
-        """The EMA generator of a run folder or checkpoint file, at its current resolution."""
-        from progan_cli.checkpoints import load_generator
-
-        G, res = load_generator(path, device)
-        return cls(G.eval().requires_grad_(False), res, n, device, seed, str(path))
-
-    def _latents(self) -> Iterator[torch.Tensor]:
-        """Latents drawn in fixed blocks of LATENT_BLOCK rows: image i gets the same z whatever n or batch size."""
-        latent = getattr(self.G, "latent_size", 512)
-        rng = torch.Generator().manual_seed(self.seed)
-        for start in range(0, self.count, LATENT_BLOCK):
-            yield from torch.randn(LATENT_BLOCK, latent, generator=rng)[: self.count - start]
+    def from_checkpoint(cls, path: Path, n: int, device: torch.device | str, seed: int = 0,
+                        res: int | None = None) -> GeneratorSource:
+        """The EMA generator of a run folder, checkpoint file or export, at `res` (default: its resolution)."""
+        gen = load_generator(path, device)
+        res = gen.check_res(res)
+        return cls(gen.net, res, n, device, seed, str(path), gen.alpha(res))
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        latents = self._latents()
-        with torch.inference_mode():
-            for start in range(0, self.count, batch_size):
-                z = torch.stack([next(latents) for _ in range(min(batch_size, self.count - start))])
-                x = self.G(z.to(self.device), self.res)
-                yield to_uint8(x)
+        images = generate(self.G, self.seed, range(self.count), self.res, alpha=self.alpha, device=self.device)
+        yield from rebatch(images, batch_size)
 
 
 @dataclass
@@ -219,7 +206,8 @@ def _is_run(folder: Path) -> bool:
 
 def open_source(path: Path, res: int | None = None, n: int | None = None, device: torch.device | str = "cpu",
                 seed: int = 0) -> ImageSource | StatsSource:
-    """Pick the source from what `path` is: .npz stats, .h5 pyramid (+res), checkpoint or run (+n), folder."""
+    """Pick the source from what `path` is: .npz stats, .h5 pyramid (+res), run, checkpoint or export (+n, and
+    +res to render below its resolution), folder."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
@@ -227,13 +215,14 @@ def open_source(path: Path, res: int | None = None, n: int | None = None, device
         return load_stats(path)
     if path.is_file() and path.suffix.lower() in PYRAMID_SUFFIXES:
         return PyramidSource(path, res)
-    if (path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES) or (path.is_dir() and _is_run(path)):
+    if (path.is_file() and path.suffix.lower() in GENERATOR_SUFFIXES) or (path.is_dir() and _is_run(path)):
         if n is None:
-            raise UsageError(f"{path} is a run or checkpoint: say how many images to generate with --n")
-        return GeneratorSource.from_checkpoint(path, n, device, seed)
+            raise UsageError(f"{path} is a run, checkpoint or export: say how many images to generate with --n")
+        return GeneratorSource.from_checkpoint(path, n, device, seed, res)
     if path.is_dir():
         return FolderSource(path)
-    raise DataError(f"{path}: not a folder of images, a pyramid (.h5), a run or checkpoint, or FID stats (.npz)")
+    raise DataError(f"{path}: not a folder of images, a pyramid (.h5), a run, checkpoint or export "
+                    f"({EXPORT_SUFFIX}), or FID stats (.npz)")
 
 
 def open_sources(paths: list[Path], res: int | None = None, n: int | None = None,

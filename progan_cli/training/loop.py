@@ -34,6 +34,7 @@ from progan_cli.files import atomic_write
 from progan_cli.images import save_grid
 from progan_cli.devices import resolve_device, tf32
 from progan_cli.networks import build_networks
+from progan_cli.sampling import latents
 from progan_cli.training.distributed import Distributed, split_batch
 from progan_cli.training.rng import rng_state, set_rng_state
 from progan_cli.training.schedule import Schedule, adam_reset_needed, schedule_at
@@ -120,7 +121,7 @@ def training_loop(
         dist.broadcast_(net)
 
     cols, rows = cfg.grid or _default_grid(cfg.target)
-    grid_z = torch.randn(cols * rows, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed))
+    grid_z = latents(cfg.seed, range(cols * rows), cfg.latent_size)  # images 0.. of `progan sample --seed SEED`
     if dist.is_main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")  # on resume too: it may have changed --total-kimg and the like
