@@ -79,7 +79,7 @@ def test_short_run_g_ema_is_closer_to_the_reals_than_the_untrained_network(tmp_p
     from progan_cli.data.pyramid import Pyramid
     from progan_cli.metrics.swd import compute_swd
     from progan_cli.networks import build_networks
-    from progan_cli.checkpoints import load_checkpoint, load_generator
+    from progan_cli.sampling import load_generator
 
     data = celeba_pyramid(tmp_path / "faces.h5", 1000, 16)
     run = tmp_path / "run"
@@ -88,8 +88,8 @@ def test_short_run_g_ema_is_closer_to_the_reals_than_the_untrained_network(tmp_p
     assert result.exit_code == 0, result.output
     with Pyramid(data) as pyr:
         reals = torch.from_numpy(pyr.images(16)[:500]).permute(0, 3, 1, 2)
-    G_ema, _ = load_generator(run)
-    config = TrainConfig.from_dict(load_checkpoint(run)["config"])
+    trained = load_generator(run)
+    G_ema, config = trained.net, trained.config
     torch.manual_seed(config.seed)  # the loop builds its networks right after seeding
     untrained, _ = build_networks(config)
     z = torch.randn(len(reals), config.latent_size, generator=torch.Generator().manual_seed(1))

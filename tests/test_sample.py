@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 from progan_cli.cli.app import app
 from progan_cli.sampling import (LATENT_BLOCK, Interrupted, keyframe_walk, latents, load_generator, parse_seeds,
                                  save_samples, slerp, smooth_walk)
-from test_train import TINY, _one_thread, photo_pyramid  # noqa: F401  (the fixture applies here too)
+from conftest import TINY, photo_pyramid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LATENT = 32  # TINY's --latent-size
 
