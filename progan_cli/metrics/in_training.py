@@ -4,7 +4,7 @@ snapshot ticks with the EMA generator. Training never imports metrics; the CLI b
 Names: `fid<N>k` (N thousand generated images against the whole real level, TTUR protocol), `is<N>k`
 (needs the classifier weights), `swd` or `swd<N>k` (N thousand images of each set, 16k by default as in the
 paper, capped at the level's size; skipped below 16x16). The real side is computed once per resolution: FID
-statistics through the same disk cache as `progan fid`, SWD images kept in memory.
+statistics through the same disk cache as `progan fid`, SWD descriptors of the current resolution kept.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def make_training_metrics(names: list[str], data: Path, res: int, device: torch.
     from progan_cli.metrics.fid import frechet_distance, source_stats, statistics
     from progan_cli.metrics.inception_score import inception_score
     from progan_cli.metrics.sources import GeneratorSource, PyramidSource
-    from progan_cli.metrics.swd import compute_swd
+    from progan_cli.metrics.swd import SWDSampler, SetDescriptors, describe, swd_batch_size, swd_distance
 
     metrics = [(name, *parse_metric(name)) for name in names]
     pyramid = Path(data) if Path(data).is_file() else find_pyramid(Path(data))
@@ -49,7 +49,7 @@ def make_training_metrics(names: list[str], data: Path, res: int, device: torch.
     extractor = (Extractor(None, "ttur", device, need_classifier=any(k == "is" for _, k, _ in metrics))
                  if needs_inception else None)
     real_stats: dict[int, object] = {}
-    real_images: dict[tuple[int, int], torch.Tensor] = {}
+    real_desc: dict[tuple[int, int], SetDescriptors] = {}  # the reals' SWD descriptors at one (res, n)
 
     def callback(G_ema: torch.nn.Module, cur_res: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -67,10 +67,14 @@ def make_training_metrics(names: list[str], data: Path, res: int, device: torch.
                 out[name], out[f"{name}_std"] = inception_score(extractor.run(fake, logits=True)[1])
             elif cur_res >= 16:  # SWD's Laplacian pyramid starts at 16x16; nothing to compare below
                 count = min(n or SWD_DEFAULT_N, reals.count)
-                if (cur_res, count) not in real_images:
-                    real_images[(cur_res, count)] = reals.images(n=count).to(device)
-                fake = GeneratorSource(G_ema, cur_res, count, device, seed, "G_ema").images().to(device)
-                result = compute_swd(real_images[(cur_res, count)], fake, seed=seed)
+                batch, sampler = swd_batch_size(cur_res), SWDSampler(seed)
+                if (cur_res, count) not in real_desc:
+                    for old in [key for key in real_desc if key[0] != cur_res]:  # resolutions only grow
+                        del real_desc[old]
+                    real_desc[(cur_res, count)] = describe(reals.batches(batch), count, 0, sampler, device)
+                fake = GeneratorSource(G_ema, cur_res, count, device, seed, "G_ema")
+                result = swd_distance(real_desc[(cur_res, count)], describe(fake.batches(batch), count, 1, sampler,
+                                                                             device))
                 out[name] = result["mean"]
                 out.update({f"{name}/{lvl}": v for lvl, v in result["levels"].items()})
         return out
