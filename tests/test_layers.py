@@ -189,3 +189,14 @@ def test_init_is_standard_normal_with_zero_bias():
 def test_widths_follow_official_nf():
     assert [nf(s) for s in range(1, 10)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
     assert [nf(s, fmap_base=64, fmap_max=16) for s in range(0, 5)] == [16, 16, 16, 8, 4]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pixel_norm_keeps_bf16_under_cuda_autocast():
+    x = (_rand(4, 16, 5, 3, seed=1) * 3).bfloat16()
+    a = x.float().numpy().astype(np.float64)
+    expected = a / np.sqrt((a**2).mean(axis=1, keepdims=True) + 1e-8)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = pixel_norm(x.cuda())
+    assert out.dtype == torch.bfloat16
+    np.testing.assert_allclose(out.float().cpu().numpy(), expected, rtol=2**-8 + 1e-6, atol=0)

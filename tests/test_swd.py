@@ -299,3 +299,16 @@ def test_bad_inputs(a, b, message):
     else:
         with pytest.raises(DataError, match=message):
             compute_swd(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_agrees_with_cpu():
+    # Same draws on every device; float32 sums in another order (and torch.sort instead of numpy's) move the
+    # result only by float32 rounding. The descriptors never leave the GPU.
+    a, b = smooth_images(24, 64, 0), smooth_images(24, 64, 1)
+    cpu = compute_swd(a, b, seed=3)
+    gpu = compute_swd(a.cuda(), b.cuda(), seed=3, batch_size=5)
+    for res, value in cpu["levels"].items():
+        assert gpu["levels"][res] == pytest.approx(value, rel=1e-4), res
+    kept = describe([a.cuda()], 24, 0, SWDSampler(3), "cuda")
+    assert kept.levels[64].device.type == "cuda"
