@@ -176,7 +176,6 @@ def stage_train_speed(sizes: Sizes) -> dict:
     """benchmarks/train_speed.py's own step timing, fp32 then bf16, with the CUDA backend settings of
     progan_cli.training.loop.training_loop (TF32 allowed, cuDNN autotuning) while it runs."""
     import torch
-
     import train_speed
 
     if sizes.train_widths:  # toy widths for the dry run: train_speed builds its networks from these names
