@@ -3,6 +3,7 @@ properties a distance between image sets must have."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -109,6 +110,21 @@ def test_streams_read_only_the_first_n_images():
     assert read == [0, 3, 6, 0, 4]
     with pytest.raises(DataError, match="ran out after 10"):
         describe(stream(a, 4), 12, 0, SWDSampler(0))
+
+
+def test_a_source_stopped_early_leaves_no_inference_mode_behind():
+    # A generator source holds torch.inference_mode() open across its yields (as GeneratorSource does); SWD
+    # stops it after n images. Training in the same thread afterwards needs autograd.
+    images = smooth_images(6, 32, 0)
+
+    def source():
+        with torch.inference_mode():
+            for start in range(0, 6, 2):
+                yield images[start : start + 2]
+
+    describe(source(), 4, 0, SWDSampler(0))
+    gc.collect()
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
 def test_described_sets_are_reusable():

@@ -145,21 +145,29 @@ def describe(
     desc: dict[int, torch.Tensor] = {}
     centres: dict[int, torch.Tensor] = {}
     size = have = 0
-    for batch in batches:
-        batch = batch[: n - have]
-        _check_batch(batch, size)
-        if not desc:
-            size, k, dim = batch.shape[-1], sampler.nhoods_per_image, batch.shape[1] * sampler.nhood_size**2
-            for res in swd_resolutions(size):
-                # int32 (~1 KB per image and level): the draw is for all n at once, so it does not depend on
-                # the batches; the gather's index arithmetic is int32 anyway.
-                centres[res] = sampler.centres(which, res, n).to(device=device, dtype=torch.int32)
-                desc[res] = torch.empty(n * k, dim, dtype=torch.float32, device=device)
-        with _workers(device) as workers:
-            _describe_batch(workers, batch.to(device), have, centres, desc, sampler.nhood_size)
-        have += len(batch)
-        if have == n:
-            break
+    iterator = iter(batches)
+    try:
+        for batch in iterator:
+            batch = batch[: n - have]
+            _check_batch(batch, size)
+            if not desc:
+                size, k, dim = batch.shape[-1], sampler.nhoods_per_image, batch.shape[1] * sampler.nhood_size**2
+                for res in swd_resolutions(size):
+                    # int32 (~1 KB per image and level): the draw is for all n at once, so it does not depend
+                    # on the batches; the gather's index arithmetic is int32 anyway.
+                    centres[res] = sampler.centres(which, res, n).to(device=device, dtype=torch.int32)
+                    desc[res] = torch.empty(n * k, dim, dtype=torch.float32, device=device)
+            with _workers(device) as workers:
+                _describe_batch(workers, batch.to(device), have, centres, desc, sampler.nhood_size)
+            have += len(batch)
+            if have == n:
+                break
+    finally:
+        # A generator stopped early is finished here, inside this function's inference mode: a grad-mode
+        # context it holds open across its yields would otherwise unwind later, wherever it is collected,
+        # and set the caller's thread to the mode it saw here (inference).
+        if hasattr(iterator, "close"):
+            iterator.close()
     if have < n:
         raise DataError(f"SWD needs {n} images per set; the images ran out after {have}")
     with _workers(device) as workers:
