@@ -406,7 +406,8 @@ class MTCNN(nn.Module):
                 if (sizes == sizes[0]).all():  # one size: no padding, and the results the tests hold
                     level, valid = _area_resize(batch, int(out[0, 0]), int(out[0, 1])), None
                 else:
-                    level = _area_resize_each(batch[torch.from_numpy(active).to(self.device)], sizes[active], out)
+                    part = batch if len(active) == len(members) else batch[torch.from_numpy(active).to(self.device)]
+                    level = _area_resize_each(part, sizes[active], out)
                     valid = torch.from_numpy(out).to(self.device)
                 # channels-last: oneDNN runs these small convolutions faster in that layout
                 level = level.contiguous(memory_format=torch.channels_last)
