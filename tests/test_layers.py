@@ -47,6 +47,52 @@ def test_pixel_norm_matches_formula():
     np.testing.assert_allclose(pixel_norm(z).numpy(), expected, rtol=1e-5)
 
 
+@pytest.fixture
+def cuda_autocast_policy():
+    """CPU autocast made to run rsqrt and pow (torch.square) in fp32, as CUDA autocast's fp32 list does."""
+    lib = torch.library.Library("aten", "IMPL")
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+    def in_fp32(op):
+        def run(*args):
+            with torch._C._ExcludeDispatchKeyGuard(keys):
+                return op(*[a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                            for a in args])
+        return run
+
+    lib.impl("rsqrt", in_fp32(torch.ops.aten.rsqrt.default), "AutocastCPU")
+    lib.impl("pow.Tensor_Scalar", in_fp32(torch.ops.aten.pow.Tensor_Scalar), "AutocastCPU")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.rsqrt(torch.ones(1, dtype=torch.bfloat16)).dtype == torch.float32
+    yield
+    lib._destroy()
+
+
+@pytest.mark.parametrize("policy", ["cpu", "cuda", "off"])
+def test_pixel_norm_keeps_bf16(policy, request):
+    # Under autocast (the CPU's, or with CUDA's fp32 rsqrt and pow) and without it, a bf16 activation comes out
+    # bf16, rounded once from the exact value: within half a bf16 ulp, 2^-8 relative (plus fp32 noise).
+    if policy == "cuda":
+        request.getfixturevalue("cuda_autocast_policy")
+    x = (_rand(4, 16, 5, 3, seed=1) * 3).bfloat16()
+    a = x.float().numpy().astype(np.float64)
+    expected = a / np.sqrt((a**2).mean(axis=1, keepdims=True) + 1e-8)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=policy != "off"):
+        out = pixel_norm(x)
+    assert out.dtype == torch.bfloat16
+    np.testing.assert_allclose(out.float().numpy(), expected, rtol=2**-8 + 1e-6, atol=0)
+
+
+def test_pixel_norm_fp32_is_unchanged_under_autocast():
+    # fp32 activations (the fp32 policy, or layers autocast leaves in fp32) keep the exact fp32 formula.
+    x = _rand(3, 8, 4, 4, seed=2)
+    before = x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(pixel_norm(x), before)
+    assert torch.equal(pixel_norm(x), before)
+    assert pixel_norm(x.double()).dtype == torch.float64
+
+
 @pytest.mark.parametrize("n, group_size", [(8, 4), (6, 2), (3, 4), (4, 1), (12, 4)])
 def test_minibatch_stddev_matches_numpy_loop(n, group_size):
     x = _rand(n, 3, 4, 5, seed=n)
@@ -143,3 +189,14 @@ def test_init_is_standard_normal_with_zero_bias():
 def test_widths_follow_official_nf():
     assert [nf(s) for s in range(1, 10)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
     assert [nf(s, fmap_base=64, fmap_max=16) for s in range(0, 5)] == [16, 16, 16, 8, 4]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pixel_norm_keeps_bf16_under_cuda_autocast():
+    x = (_rand(4, 16, 5, 3, seed=1) * 3).bfloat16()
+    a = x.float().numpy().astype(np.float64)
+    expected = a / np.sqrt((a**2).mean(axis=1, keepdims=True) + 1e-8)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = pixel_norm(x.cuda())
+    assert out.dtype == torch.bfloat16
+    np.testing.assert_allclose(out.float().cpu().numpy(), expected, rtol=2**-8 + 1e-6, atol=0)

@@ -94,19 +94,19 @@ def test_bad_inputs_give_one_line(tmp_path):
 
 def test_swd_prints_the_mean(tmp_path):
     a, b = _folder(tmp_path / "a", 4), _folder(tmp_path / "b", 4, seed=1)
-    result = _run("swd", a, b, "--seed", 3, "--json")
+    result = _run("swd", a, b, "--seed", 3, "--json", "--device", "cpu")  # against compute_swd on the CPU
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     load = [torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted(d.iterdir())])).permute(0, 3, 1, 2)
             for d in (a, b)]
     assert out["mean"] == pytest.approx(compute_swd(*load, seed=3)["mean"], rel=1e-9)
-    assert float(_run("swd", a, b, "--seed", 3).stdout) == pytest.approx(out["mean"], rel=1e-5)
+    assert float(_run("swd", a, b, "--seed", 3, "--device", "cpu").stdout) == pytest.approx(out["mean"], rel=1e-5)
 
 
 def test_swd_n_takes_the_first_n_of_each_set(tmp_path):
     a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 4, seed=1)
     assert "pass --n 4" in _one_error_line(_run("swd", a, b))
-    result = _run("swd", a, b, "--n", 4, "--seed", 3, "--json")
+    result = _run("swd", a, b, "--n", 4, "--seed", 3, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     load = [torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted(d.iterdir())[:4]])).permute(0, 3, 1, 2)
             for d in (a, b)]

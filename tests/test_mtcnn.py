@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from progan_cli.data.mtcnn import MTCNN, keras_weights
+from progan_cli.data import mtcnn as mtcnn_module
+from progan_cli.data.mtcnn import MTCNN, PNet, keras_weights, pyramid_scales
 from conftest import FIXTURES, ROOT, shared
 
 GOLDEN = json.loads((FIXTURES / "mtcnn_golden.json").read_text())["images"]
@@ -221,3 +222,106 @@ def test_cuda_agrees_with_cpu(mtcnn: MTCNN) -> None:
         assert len(cpu) == len(gpu)
         np.testing.assert_allclose(cpu.boxes, gpu.boxes, atol=0.05)
         np.testing.assert_allclose(cpu.landmarks, gpu.landmarks, atol=0.05)
+
+
+# --- the padded canvas (the GPU's path, run here on the CPU) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def padded() -> MTCNN:
+    return MTCNN(pad=True)
+
+
+@pytest.mark.slow
+def test_padded_canvas_agrees_with_the_exact_path_and_the_package(mtcnn: MTCNN, padded: MTCNN) -> None:
+    # Photos of eight sizes on one canvas: per image area weights and masked pooling give what each image
+    # gives alone, to float32 rounding (different matrix-product and convolution shapes), and the golden holds.
+    keys = _golden_keys("fixtures/photos/")
+    photos = [TOOL.load_rgb(FIXTURES / "photos" / k.split("/")[-1]) for k in keys]
+    assert len({p.shape for p in photos}) == len(photos) >= 8
+    exact, mixed = mtcnn.detect(photos), padded.detect(photos)
+    for key, a, b in zip(keys, exact, mixed):
+        _check_against_golden(key, b)
+        assert len(a) == len(b), key
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=0.01)
+        np.testing.assert_allclose(b.landmarks, a.landmarks, atol=0.01)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+
+
+def test_one_pnet_pass_per_scale_for_photos_of_many_sizes(padded: MTCNN) -> None:
+    # The point of the canvas: P-Net runs once per pyramid scale, not once per scale and image size.
+    portrait = _photo("deepface_img25.jpg")
+    images = [portrait[: 400 - 17 * k, : 300 - 11 * k] for k in range(6)]
+    calls = []
+    hook = padded.pnet.conv1.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        padded.detect(images)
+    finally:
+        hook.remove()
+    assert len(calls) == len(pyramid_scales(*images[0].shape[:2], 20, 0.709))
+
+
+@pytest.mark.parametrize("sizes", [[(31, 26), (24, 40), (13, 13)], [(12, 12), (27, 27)]])
+def test_pnet_on_a_padded_canvas_equals_each_image_alone(mtcnn: MTCNN, sizes) -> None:
+    # Odd and even sides: the ceil-mode pool's last window must see the image's own pixels only.
+    rng = np.random.default_rng(1)
+    images = [torch.from_numpy(rng.uniform(-1, 1, (3, h, w))).float() for h, w in sizes]
+    canvas = torch.zeros(len(sizes), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
+    for x, image in zip(canvas, images):
+        x[:, : image.shape[1], : image.shape[2]] = image
+    offsets, prob = mtcnn.pnet(canvas, torch.tensor(sizes))
+    cells = PNet.output_size(torch.tensor(sizes))
+    for k, image in enumerate(images):
+        alone_offsets, alone_prob = mtcnn.pnet(image[None])
+        h, w = cells[k].tolist()
+        assert alone_prob.shape[1:] == (h, w)
+        np.testing.assert_allclose(prob[k, :h, :w], alone_prob[0], atol=1e-6)
+        np.testing.assert_allclose(offsets[k, :, :h, :w], alone_offsets[0], atol=1e-5)
+
+
+def _nms_by_the_rule(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float,
+                     by_min: bool) -> list[int]:
+    """Per group (ascending), numpy's reversed argsort of the float64 scores; a box goes when an earlier one
+    of its group overlaps it by more than the threshold, by a double loop."""
+    kept = []
+    for k in np.unique(groups):
+        mine = np.flatnonzero(groups == k)
+        order = mine[np.argsort(scores[mine].astype(np.float64))[::-1]]
+        for j, b in enumerate(order):
+            lt = np.maximum(boxes[order[:j], :2], boxes[b, :2])
+            rb = np.minimum(boxes[order[:j], 2:], boxes[b, 2:])
+            inter = np.clip(rb - lt, 0, None).prod(axis=1)
+            area = lambda x: (x[..., 2:] - x[..., :2]).prod(axis=-1)  # noqa: E731
+            overlap = (inter / np.minimum(area(boxes[order[:j]]), area(boxes[b])) if by_min
+                       else inter / (area(boxes[order[:j]]) + area(boxes[b]) - inter))
+            if not (overlap > threshold).any():
+                kept.append(int(b))
+    return kept
+
+
+@pytest.mark.parametrize("by_min", [False, True])
+@pytest.mark.parametrize("rows, pairs", [(512, 1 << 22), (7, 50)])
+def test_nms_over_many_groups_follows_the_rule(monkeypatch, by_min: bool, rows: int, pairs: int) -> None:
+    # Clustered boxes in 5 groups of different sizes, with tied scores (saturated probabilities tie); small
+    # blocks make the overlap blocks straddle groups.
+    monkeypatch.setattr(mtcnn_module, "_NMS_ROWS", rows)
+    monkeypatch.setattr(mtcnn_module, "_NMS_PAIRS", pairs)
+    rng = np.random.default_rng(0)
+    groups = rng.permutation(np.repeat(np.arange(5), [40, 3, 1, 25, 11]))
+    corner = rng.uniform(0, 60, (len(groups), 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + rng.uniform(20, 40, (len(groups), 2))], axis=1).astype(np.float32)
+    scores = np.where(rng.uniform(size=len(groups)) < 0.3, 1.0, rng.uniform(0.6, 1, len(groups))).astype(np.float32)
+    got = mtcnn_module._nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), 0.5, by_min)
+    assert got.tolist() == _nms_by_the_rule(boxes, scores, groups, 0.5, by_min)
+
+
+def test_detection_on_cuda_runs_in_true_fp32_and_restores_the_flags() -> None:
+    # The flags are process settings: they can be checked without a GPU.
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with mtcnn_module._true_fp32(torch.device("cuda")):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

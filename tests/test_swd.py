@@ -3,8 +3,12 @@ properties a distance between image sets must have."""
 
 from __future__ import annotations
 
+import gc
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from PIL import Image
 
 from progan_cli.errors import DataError, UsageError
 from progan_cli.metrics import swd
-from progan_cli.metrics.swd import SWDSampler, compute_swd, swd_resolutions
+from progan_cli.metrics.swd import SWDSampler, compute_swd, compute_swd_batches, describe, swd_distance, swd_resolutions
 
 from conftest import ROOT, shared
 
@@ -79,6 +83,112 @@ def test_matches_reference_across_chunk_sizes(monkeypatch):
     monkeypatch.setattr(swd, "_IMAGE_CHUNK_BYTES", 2 * 3 * 32 * 32 * 4)
     monkeypatch.setattr(swd, "_PROJECTION_CHUNK_BYTES", 8 * 9 * 128)
     assert_matches_reference(compute_swd(a, b, seed=4), reference(a, b, SWDSampler(4)))
+
+
+def test_batch_size_changes_nothing():
+    # The draws are made for the whole set and the statistics are taken over the stored descriptors, so the
+    # batches the images arrive in do not change a bit of the result (uneven last batches included).
+    a, b = smooth_images(11, 32, 0), smooth_images(11, 32, 1)
+    whole = compute_swd(a, b, seed=6)
+    assert compute_swd(a, b, seed=6, batch_size=1) == whole
+    assert compute_swd(a, b, seed=6, batch_size=4) == whole
+    assert_matches_reference(whole, reference(a, b, SWDSampler(6)))
+
+
+def test_streams_read_only_the_first_n_images():
+    # A stream with more images than n is read up to n (the rest is never drawn); one with fewer is an error.
+    a, b = smooth_images(10, 32, 0), smooth_images(10, 32, 1)
+    read = []
+
+    def stream(images: torch.Tensor, step: int):
+        for start in range(0, len(images), step):
+            read.append(start)
+            yield images[start : start + step]
+
+    got = compute_swd_batches(stream(a, 3), stream(b, 4), 7, seed=2)
+    assert got == compute_swd(a[:7], b[:7], seed=2)
+    assert read == [0, 3, 6, 0, 4]
+    with pytest.raises(DataError, match="ran out after 10"):
+        describe(stream(a, 4), 12, 0, SWDSampler(0))
+
+
+def test_a_source_stopped_early_leaves_no_inference_mode_behind():
+    # A generator source holds torch.inference_mode() open across its yields (as GeneratorSource does); SWD
+    # stops it after n images. Training in the same thread afterwards needs autograd.
+    images = smooth_images(6, 32, 0)
+
+    def source():
+        with torch.inference_mode():
+            for start in range(0, 6, 2):
+                yield images[start : start + 2]
+
+    describe(source(), 4, 0, SWDSampler(0))
+    gc.collect()
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_described_sets_are_reusable():
+    # The in-training metric describes the reals once and compares each generator's images against them.
+    reals = smooth_images(6, 32, 0)
+    sampler = SWDSampler(seed=3)
+    kept = describe([reals], 6, 0, sampler)
+    for seed in (1, 2):
+        fakes = smooth_images(6, 32, seed)
+        assert swd_distance(kept, describe([fakes], 6, 1, sampler)) == compute_swd(reals, fakes, seed=3)
+    with pytest.raises(DataError, match="same number"):
+        swd_distance(kept, describe([fakes], 5, 1, sampler))
+    with pytest.raises(DataError, match="one size"):
+        swd_distance(kept, describe([smooth_images(6, 64, 0)], 6, 1, sampler))
+
+
+# Peak resident memory of one compute_swd_batches call, measured in a fresh process (Linux: the high-water mark
+# is reset through /proc/self/clear_refs). glibc is told to map every large block on its own, so freed memory
+# leaves the process and the high-water mark follows what is live. The working-set budgets are made small so
+# that at both n every chunk is at its cap.
+_PEAK_SCRIPT = """
+import re, sys, torch
+from progan_cli.metrics import swd
+
+def rss_kb(field):
+    return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+swd._IMAGE_CHUNK_BYTES = swd._DESCRIPTOR_CHUNK_BYTES = swd._PROJECTION_CHUNK_BYTES = 256 << 10
+torch.set_num_threads(1)
+size, batch, *counts = map(int, sys.argv[1:])
+
+def stream(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, n, batch):
+        yield torch.randint(0, 256, (min(batch, n - start), 3, size, size), generator=gen, dtype=torch.uint8)
+
+swd.compute_swd_batches(stream(2, 0), stream(2, 1), 2)  # warm up every code path
+for n in counts:
+    open("/proc/self/clear_refs", "w").write("5")
+    before = rss_kb("VmRSS")
+    swd.compute_swd_batches(stream(n, 0), stream(n, 1), n)
+    print(n, (rss_kb("VmHWM") - before) * 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_peak_memory_beyond_the_descriptors_does_not_grow_with_n():
+    # 512x512 images in batches of 4: a set of 40 is 31 MB of uint8 (the float pyramid of a set would be over
+    # 160 MB), its descriptors 18 MB. From n = 8 to 40 the peak may grow by the descriptors of the 32 extra
+    # image pairs (and their centres), not by the images.
+    size, batch, small, large = 512, 4, 8, 40
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 << 10), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(size), str(batch), str(small), str(large)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode and "clear_refs" in out.stderr:
+        pytest.skip(f"cannot reset the memory high-water mark here: {out.stderr.strip().splitlines()[-1]}")
+    assert out.returncode == 0, out.stderr
+    peak = dict(map(int, line.split()) for line in out.stdout.splitlines())
+    levels = len(swd_resolutions(size))
+    per_pair = 2 * levels * 128 * (147 * 4 + 2 * 4)  # both sets' descriptors and int32 centres per level
+    kept = (large - small) * per_pair
+    growth = peak[large] - peak[small]
+    assert 0.8 * kept < growth < kept + (6 << 20), (peak, kept)
 
 
 def test_channels_last_views_give_the_same_numbers():
@@ -205,3 +315,16 @@ def test_bad_inputs(a, b, message):
     else:
         with pytest.raises(DataError, match=message):
             compute_swd(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_agrees_with_cpu():
+    # Same draws on every device; float32 sums in another order (and torch.sort instead of numpy's) move the
+    # result only by float32 rounding. The descriptors never leave the GPU.
+    a, b = smooth_images(24, 64, 0), smooth_images(24, 64, 1)
+    cpu = compute_swd(a, b, seed=3)
+    gpu = compute_swd(a.cuda(), b.cuda(), seed=3, batch_size=5)
+    for res, value in cpu["levels"].items():
+        assert gpu["levels"][res] == pytest.approx(value, rel=1e-4), res
+    kept = describe([a.cuda()], 24, 0, SWDSampler(3), "cuda")
+    assert kept.levels[64].device.type == "cuda"

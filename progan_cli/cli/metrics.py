@@ -162,7 +162,7 @@ def swd(
     import time
 
     from progan_cli.errors import DataError
-    from progan_cli.metrics.swd import compute_swd
+    from progan_cli.metrics.swd import compute_swd_batches, swd_batch_size
 
     start = time.perf_counter()
     dev = resolve_device(device)
@@ -172,7 +172,7 @@ def swd(
     if counts[0] != counts[1]:
         raise DataError(f"SWD compares equal numbers of images: {a} has {counts[0]}, {b} has {counts[1]}; "
                         f"pass --n {min(counts)} to use that many of each")
-    result = compute_swd(*(s.images(n=counts[0]).to(dev) for s in sources), seed=seed)
+    result = compute_swd_batches(*(s.batches(swd_batch_size(s.res)) for s in sources), counts[0], seed, device=dev)
     if json_out:
         print_json({**result, "seconds": round(time.perf_counter() - start, 3)})
     else:

@@ -37,6 +37,7 @@ from progan_cli.metrics.precision_recall import NEIGHBOURS
 
 if TYPE_CHECKING:
     from progan_cli.metrics.features import Features
+    from progan_cli.metrics.swd import SetDescriptors
 
 INCEPTION_KINDS = ("fid", "kid", "pr", "is")
 KINDS = (*INCEPTION_KINDS, "swd", "msssim")
@@ -119,7 +120,7 @@ class Evaluator:
         self._need_real_features = any(s.kind in ("kid", "pr") for s in specs)
         self._real_features: dict[int, Features] = {}
         self._real_stats: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
-        self._swd_reals: dict[tuple[int, int], torch.Tensor] = {}
+        self._swd_reals: dict[tuple[int, int], SetDescriptors] = {}  # the reals' SWD descriptors at (res, n)
 
     def protocol_of(self, spec: MetricSpec) -> str | None:
         return self.extractor.protocol if spec.kind in INCEPTION_KINDS else None
@@ -213,16 +214,21 @@ class Evaluator:
         return out
 
     def _swd(self, G: torch.nn.Module, res: int, spec: MetricSpec, label: str) -> MetricResult:
-        """SWD on min(N, level size) images of each set: the one place that calls compute_swd."""
-        from progan_cli.metrics.swd import compute_swd
+        """SWD on min(N, level size) images of each set, read batch by batch; the reals' descriptors are kept
+        for the current resolution only (resolutions only grow during training)."""
+        from progan_cli.metrics.swd import SWDSampler, describe, swd_batch_size, swd_distance
 
         start = time.perf_counter()
         reals = self._reals(res)
         count = min(spec.n, reals.count)
+        batch, sampler = swd_batch_size(res), SWDSampler(self.seed)
         if (res, count) not in self._swd_reals:
-            self._swd_reals[(res, count)] = reals.images(n=count).to(self.device)
-        fakes = self._fakes(G, res, count, label).images().to(self.device)
-        swd = compute_swd(self._swd_reals[(res, count)], fakes, seed=self.seed)
+            for old in [key for key in self._swd_reals if key[0] != res]:
+                del self._swd_reals[old]
+            self._swd_reals[(res, count)] = describe(reals.batches(batch), count, 0, sampler, self.device)
+        fakes = self._fakes(G, res, count, label)
+        swd = swd_distance(self._swd_reals[(res, count)], describe(fakes.batches(batch), count, 1, sampler,
+                                                                    self.device))
         results = {spec.name: swd["mean"], **{f"{spec.name}/{lvl}": v for lvl, v in swd["levels"].items()}}
         return MetricResult(spec.name, results, [count, count], None, None, round(time.perf_counter() - start, 3))
 

@@ -99,8 +99,14 @@ class EqualizedLinear(nn.Module):
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """x / sqrt(mean over channels of x^2 + eps), per pixel (section 4.2); keeps x's dtype."""
-    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+    """x / sqrt(mean over channels of x^2 + eps), per pixel (section 4.2); keeps x's dtype.
+
+    A bf16 (or fp16) activation is normalised in fp32 and rounded once back to its dtype: CUDA autocast runs
+    rsqrt (and the square, a pow) in fp32, and bf16 times an fp32 scale would otherwise hand the next layer
+    an fp32 activation (twice the bytes, an extra cast in every G block). fp32 input is computed as before.
+    """
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (x * torch.rsqrt(wide.square().mean(dim=1, keepdim=True) + eps)).to(x.dtype)
 
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
