@@ -13,7 +13,7 @@ folder, then, each stage timed and reported even when another fails:
    use the GPU), without those marked slow;
 2. training speed: images/s of whole training steps (`benchmarks/train_speed.py`: D step with the WGAN-GP
    penalty, G step, Adam, EMA; stable phase, random reals, default widths, the official minibatch) at 32, 64
-   and 128, fp32 and bf16, with the backend settings the training loop uses on CUDA, and the share of the
+   and 128, fp32, tf32 and bf16 (the training loop's --precision policy), and the share of the
    H200's bf16 peak (~790 TFLOP/s) from the FLOPs per image in REFERENCE.md;
 3. prep: `progan prep` images/s with detection (MTCNN) on 320 CelebA photos and on the fixture photos (eight
    sizes), and with the centre crop on 10,000 listed celeba-half photos (the reals of the next stages);
@@ -173,10 +173,12 @@ def stage_tests(report: Report, sizes: Sizes, data: Path) -> dict:
 
 
 def stage_train_speed(sizes: Sizes) -> dict:
-    """benchmarks/train_speed.py's own step timing, fp32 then bf16, with the CUDA backend settings of
-    progan_cli.training.loop.training_loop (TF32 allowed, cuDNN autotuning) while it runs."""
+    """benchmarks/train_speed.py's own step timing at each --precision of the training loop (fp32: IEEE,
+    tf32: TF32 matmuls/convolutions, bf16: autocast), with its cuDNN autotuning on CUDA."""
     import torch
     import train_speed
+
+    from progan_cli.devices import tf32
 
     if sizes.train_widths:  # toy widths for the dry run: train_speed builds its networks from these names
         from functools import partial
@@ -187,25 +189,24 @@ def stage_train_speed(sizes: Sizes) -> dict:
         train_speed.Generator = partial(Generator, fmap_base=base, fmap_max=top)
         train_speed.Discriminator = partial(Discriminator, fmap_base=base, fmap_max=top)
         train_speed.LATENT = latent
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-    if sizes.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = sizes.device == "cuda"  # as the training loop sets it on CUDA
     rows = []
     try:
-        for precision in ("fp32", "bf16"):
-            argv = ["--res", *map(str, sizes.train_res), "--device", sizes.device, "--precision", precision,
+        for precision in ("fp32", "tf32", "bf16"):  # the training loop's --precision policy (devices.tf32)
+            argv = ["--res", *map(str, sizes.train_res), "--device", sizes.device,
+                    "--precision", "bf16" if precision == "bf16" else "fp32",
                     "--steps", str(sizes.train_steps), "--no-anchor", "--json"]
             argv += ["--channels-last"] if sizes.device == "cuda" else []
             argv += ["--batch", str(sizes.train_batch)] if sizes.train_batch else []
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), tf32(precision == "tf32"):
                 for row in train_speed.main(argv):
                     flops = FLOPS_PER_IMAGE.get(row["res"])
                     rows.append({"res": row["res"], "precision": precision, "batch": row["batch"],
                                  "img_per_s": round(row["progan"], 1),
                                  "share_of_bf16_peak": round(row["progan"] * flops / BF16_PEAK, 4) if flops else None})
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+        torch.backends.cudnn.benchmark = benchmark
     return {"rows": rows}
 
 
@@ -223,12 +224,13 @@ def stage_prep(report: Report, sizes: Sizes, data: Path, work: Path) -> dict:
     celeba = sorted((data / "celeba-full").glob("*.jpg")) if (data / "celeba-full").is_dir() else []
     fixtures = sorted(FIXTURE_PHOTOS.glob("*.jpg"))
     if sizes is DRY:  # two small fixture photos stand for CelebA on the CPU
-        celeba, fixtures = fixtures[1:2], fixtures[-1:]
+        celeba, fixtures = fixtures[1:2], [p for p in fixtures if "no-faces" not in p.name][-1:]
     return {
         "celeba_align": _prep(report, sizes, "prep celeba", celeba * sizes.detect_repeat, work / "celeba.h5",
-                              "--target", "128", "--batch", "64"),
+                              "--target", "128", "--batch", "64", "--upscale"),
         "mixed_sizes_align": _prep(report, sizes, "prep fixtures", fixtures * max(1, sizes.detect_repeat // 2),
-                                   work / "fixtures.h5", "--target", "128", "--faces", "all", "--batch", "32"),
+                                   work / "fixtures.h5", "--target", "128", "--faces", "all", "--batch", "32",
+                                   "--upscale"),  # small faces kept: this measures detection, not the crops
     }
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from progan_cli.checkpoints import load_checkpoint
 from progan_cli.config import PRECISIONS, TrainConfig
+from progan_cli.devices import tf32
 from progan_cli.errors import CheckpointError, ProganError, UsageError
 from progan_cli.files import atomic_write
 from progan_cli.images import grid_image, save_grid, to_uint8
@@ -167,16 +168,21 @@ def generation_batch(G: nn.Module, res: int, device: torch.device) -> int:
 def render(G: nn.Module, z: torch.Tensor, res: int, *, alpha: float = 1.0, device: torch.device | str = "cpu",
            precision: str = "fp32", batch: int | None = None) -> Iterator[torch.Tensor]:
     """uint8 NCHW images (on the CPU) of latents `z`, one tensor per forward pass of `batch` rows (the last
-    one padded with zero rows), the official [-1, 1] -> [0, 255] conversion; bf16 runs under autocast."""
+    one padded with zero rows), the official [-1, 1] -> [0, 255] conversion. `precision`: bf16 under
+    autocast, tf32 with TF32 matmuls and convolutions on CUDA, fp32 in IEEE fp32."""
     device = torch.device(device)
     batch = batch or generation_batch(G, res, device)
     padded = torch.zeros(batch, z.shape[1])
-    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-        for start in range(0, len(z), batch):
-            chunk = z[start:start + batch]
-            padded[: len(chunk)] = chunk
-            padded[len(chunk):] = 0.0
-            yield to_uint8(G(padded.to(device), res, alpha)[: len(chunk)]).cpu()
+    for start in range(0, len(z), batch):
+        chunk = z[start:start + batch]
+        padded[: len(chunk)] = chunk
+        padded[len(chunk):] = 0.0
+        # The modes are entered per pass, never held across a yield: a consumer that stops early would
+        # otherwise unwind them later, wherever the generator is collected. IEEE fp32 unless asked otherwise.
+        with (torch.inference_mode(), tf32(precision == "tf32"),
+              torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")):
+            images = to_uint8(G(padded.to(device), res, alpha)[: len(chunk)]).cpu()
+        yield images
 
 
 def generate(G: nn.Module, seed: int, indices: Sequence[int], res: int, **kwargs) -> Iterator[torch.Tensor]:

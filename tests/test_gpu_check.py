@@ -22,7 +22,7 @@ def test_dry_run_runs_every_stage(tmp_path):
                              "swd"]
     assert "passed" in results["tests"]["summary"]
     speed = results["train_speed"]["rows"]
-    assert {(r["res"], r["precision"]) for r in speed} == {(4, "fp32"), (8, "fp32"), (4, "bf16"), (8, "bf16")}
+    assert {(r["res"], r["precision"]) for r in speed} == {(res, p) for res in (4, 8) for p in ("fp32", "tf32", "bf16")}
     assert all(r["img_per_s"] > 0 for r in speed)
     assert results["prep"]["celeba_align"]["images"] == 1  # one face found and cropped
     run = results["stop_and_resume"]

@@ -315,13 +315,18 @@ def test_nms_over_many_groups_follows_the_rule(monkeypatch, by_min: bool, rows: 
     assert got.tolist() == _nms_by_the_rule(boxes, scores, groups, 0.5, by_min)
 
 
-def test_detection_on_cuda_runs_in_true_fp32_and_restores_the_flags() -> None:
-    # The flags are process settings: they can be checked without a GPU.
+def test_detection_runs_in_true_fp32_and_restores_the_flags(mtcnn: MTCNN) -> None:
+    """cuDNN allows TF32 by default: detection turns it off (every network pass sees it off) and restores it.
+    The flags are process settings, so this holds on the CPU too."""
+    seen: list[bool] = []
+    hook = mtcnn.pnet.conv1.register_forward_hook(
+        lambda *args: seen.append(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32))
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-        with mtcnn_module._true_fp32(torch.device("cuda")):
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        mtcnn.detect([TOOL.load_rgb(FIXTURES / "photos" / "mtcnn_ivan.jpg")])
+        assert seen and not any(seen)
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
+        hook.remove()
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -23,10 +23,9 @@ padded path agrees with the CPU to float32 rounding (0.002 px on 117 photos, mea
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from progan_cli.devices import tf32
 from progan_cli.errors import DataError
 
 # P-Net sees 12x12 windows with a stride of 2 in each pyramid level (Zhang et al. 2016, section 2.1).
@@ -382,7 +382,7 @@ class MTCNN(nn.Module):
                 raise ValueError(f"image {k}: expected H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
         if not images:
             return []
-        with _true_fp32(self.device):
+        with tf32(False):  # IEEE fp32 on CUDA (cuDNN allows TF32 by default)
             on_device = _Images.of(images, self.device, self.pad)
             boxes, scores, idxs = self._propose(on_device)
             boxes, _, scores, idxs = self._refine(self.rnet, on_device, boxes, idxs, 24, self.thresholds[1])
@@ -472,21 +472,6 @@ class MTCNN(nn.Module):
             mine = idxs == k
             result.append(Detections(boxes[mine], scores[mine], marks[mine]))
         return result
-
-
-@contextlib.contextmanager
-def _true_fp32(device: torch.device) -> Iterator[None]:
-    """On CUDA, convolutions and matrix products in IEEE fp32 while detecting (cuDNN allows TF32 by default,
-    and a training process may allow it for matmuls too), restored afterwards; nothing to do elsewhere."""
-    if device.type != "cuda":
-        yield
-        return
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 @dataclass(frozen=True)

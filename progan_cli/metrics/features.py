@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from progan_cli.devices import tf32
 from progan_cli.files import atomic_write
 from progan_cli.metrics.inception import FIDInception
 
@@ -76,7 +77,7 @@ def extract(model: FIDInception, batches: Iterable[torch.Tensor], protocol: str,
     """
     device = next(model.parameters()).device
     pools, heads = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), tf32(False):  # IEEE fp32 on CUDA too (cuDNN allows TF32 by default)
         for batch in batches:
             pool3 = model(preprocess(batch.to(device, non_blocking=True), protocol))
             pools.append(pool3.float().cpu())

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from progan_cli.devices import tf32
 from progan_cli.errors import DataError, UsageError
 
 # Working-set sizes on the CPU: a chunk of images whose float levels stay cache-sized, a chunk of descriptors
@@ -124,6 +125,7 @@ class SetDescriptors:
 
 
 @torch.inference_mode()
+@tf32(False)  # IEEE fp32 on CUDA too
 def describe(
     batches: Iterable[torch.Tensor],
     n: int,
@@ -177,6 +179,7 @@ def describe(
 
 
 @torch.inference_mode()
+@tf32(False)
 def swd_distance(a: SetDescriptors, b: SetDescriptors) -> dict:
     """SWD x1e3 between two described sets (same size, count and draws), on their device.
 
