@@ -49,6 +49,8 @@ def train(
 ) -> None:
     """Train a progressive GAN from 4x4 to --target; SIGINT/SIGTERM write a checkpoint, then exit (130/143);
     SIGUSR1 writes one and goes on."""
+    from rich.markup import escape
+
     from progan_cli.checkpoints import load_checkpoint
     from progan_cli.config import TrainConfig, parse_minibatch, resumed_config
     from progan_cli.data.dataset import find_pyramid
@@ -100,7 +102,7 @@ def train(
     data_key = check_data(cfg)
     warning = check_resumed_data(checkpoint.get("data"), data_key, explicit=data is not None) if checkpoint else None
     if warning and int(os.environ.get("RANK", "0")) == 0:
-        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     check_batch_split(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's; before joining the group
     dist, note = init_distributed(cfg.device)
     try:

@@ -64,7 +64,8 @@ def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
     """FID statistics of a source, and whether they came without running Inception (cache or .npz).
 
     Stored images (folder, pyramid level) are cached under a key of their content, the protocol and the
-    weights' fingerprint, so scoring many checkpoints against one real set pays for the real set once.
+    weights' fingerprint, so scoring many checkpoints against one real set pays for the real set once. A
+    pyramid's key is the digest prep stored, so a hit reads no image; `source.first(n)` keys its n images.
     """
     if isinstance(source, StatsSource):
         if source.protocol is not None and source.protocol != extractor.protocol:
@@ -79,14 +80,29 @@ def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
 
     arrays, hit = cached_arrays(key, compute, use_cache)
     return StatsSource(source.label, arrays["mu"], arrays["sigma"], int(arrays["n"]), extractor.protocol,
-                       extractor.weights.fingerprint), hit
+                       extractor.weights.fingerprint, source.res), hit
+
+
+def size_mismatch(sources: list[ImageSource | StatsSource]) -> str | None:
+    """A warning when the sources hold images of different sizes (statistics that recorded theirs count).
+
+    FID runs either way, since Inception resizes everything to 299x299; but 16x16 images upscaled are far
+    blurrier than 64x64 ones, so the size alone makes the distance large and says little about the images.
+    """
+    sizes = {s.res for s in sources if s.res is not None}
+    if len(sizes) < 2:
+        return None
+    described = " and ".join(f"{s.label}: {s.res}x{s.res}" for s in sources if s.res is not None)
+    return (f"comparing images of different sizes ({described}); FID then mostly measures the size. For a "
+            f"pyramid pass --res {min(sizes)}, or leave --res out to follow the generator's resolution")
 
 
 def save_stats(stats: StatsSource, path: Path) -> Path:
-    """Write `mu`/`sigma` as pytorch-fid reads them, plus n, protocol and weights fingerprint; atomically."""
+    """Write `mu`/`sigma` as pytorch-fid reads them, plus n, protocol, weights fingerprint and the images' size;
+    atomically."""
     path = Path(path)
     extra = {k: np.array(v) for k, v in (("n", stats.count), ("protocol", stats.protocol),
-                                          ("weights", stats.weights)) if v is not None}
+                                          ("weights", stats.weights), ("res", stats.res)) if v is not None}
     with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez appends no suffix
         np.savez(f, mu=stats.mu, sigma=stats.sigma, **extra)
     return path
