@@ -32,11 +32,16 @@ SCHEDULE = ["--target", "8", "--stable-kimg", "0.064", "--fade-kimg", "0.064", "
 WITH_WORKERS = [*TINY[:TINY.index("--workers")], "--workers", "2"]
 
 
-def _start(args: list[str], cwd: Path, launcher: list[str] | None = None) -> subprocess.Popen:
+def _start(tmp_path: Path, launcher: list[str] | None = None) -> tuple[Path, Path, subprocess.Popen]:
+    """A run on the fixture photos with 2 DataLoader workers, long enough to be signalled: (data, run, process)."""
+    data = photo_pyramid(tmp_path / "photos.h5", 8)
+    run = tmp_path / "run"
+    args = [str(data), *SCHEDULE, *WITH_WORKERS, "--total-kimg", "100", "--out", str(run)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # one thread: as in-process tests
-    return subprocess.Popen([*(launcher or [sys.executable]), "-m", "progan_cli", "train", *args], cwd=cwd,
+    proc = subprocess.Popen([*(launcher or [sys.executable]), "-m", "progan_cli", "train", *args], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    return data, run, proc
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
@@ -71,9 +76,7 @@ def _stopped_kimg(run: Path) -> float:
 
 @pytest.mark.slow
 def test_group_sigterm_with_workers_checkpoints_and_resumes_bitwise(tmp_path):
-    data = photo_pyramid(tmp_path / "photos.h5", 8)
-    run = tmp_path / "split"
-    proc = _start([str(data), *SCHEDULE, *WITH_WORKERS, "--total-kimg", "100", "--out", str(run)], tmp_path)
+    data, run, proc = _start(tmp_path)
     _wait_for(lambda: _ticks(run) >= 2, proc, "two ticks")
     os.killpg(proc.pid, signal.SIGUSR1)  # Slurm's warning: a checkpoint, and training goes on
     _wait_for(lambda: list_checkpoints(run), proc, "the SIGUSR1 checkpoint")
@@ -103,14 +106,13 @@ def test_group_sigterm_with_workers_checkpoints_and_resumes_bitwise(tmp_path):
 
 
 @pytest.mark.slow
-def test_group_sigint_with_workers_ends_130_with_a_checkpoint(tmp_path):
-    data = photo_pyramid(tmp_path / "photos.h5", 8)
-    run = tmp_path / "run"
-    proc = _start([str(data), *SCHEDULE, *WITH_WORKERS, "--total-kimg", "100", "--out", str(run)], tmp_path)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])  # timeout; Ctrl-C
+def test_group_signal_with_workers_ends_128_plus_signal_with_a_checkpoint(tmp_path, sig):
+    _, run, proc = _start(tmp_path)
     _wait_for(lambda: _ticks(run) >= 1, proc, "the first tick")
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal
+    os.killpg(proc.pid, sig)
     rc, out, err = _finish(proc)
-    assert rc == 128 + signal.SIGINT, err[-3000:]
+    assert rc == 128 + sig, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     (checkpoint,) = list_checkpoints(run)
     assert load_checkpoint(checkpoint)["progress"]["cur_nimg"] >= 32
@@ -121,11 +123,8 @@ def test_torchrun_two_ranks_group_sigterm_checkpoints_and_resumes(tmp_path):
     """torchrun with 2 gloo ranks on the CPU, each with 2 DataLoader workers: the whole group gets SIGTERM
     (torchrun then sends it again to its ranks). The ranks write one checkpoint and end 143; torchrun
     reports the signal in its own way. A single process resumes the run."""
-    data = photo_pyramid(tmp_path / "photos.h5", 8)
-    run = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    proc = _start([str(data), *SCHEDULE, *WITH_WORKERS, "--total-kimg", "100", "--out", str(run)], tmp_path,
-                  launcher)
+    _, run, proc = _start(tmp_path, launcher)
     _wait_for(lambda: _ticks(run) >= 2, proc, "two ticks")
     os.killpg(proc.pid, signal.SIGTERM)
     rc, out, err = _finish(proc)

@@ -62,7 +62,8 @@ def test_version_prints_and_exits_0():
 def test_train_option_errors_are_one_line_before_any_work(tmp_path, option, needle):
     data = photo_pyramid(tmp_path / "photos.h5", 8)
     tiny = [a for a in TINY if a not in ("--device", "cpu")] if "--device" in option else TINY
-    result = runner.invoke(app, ["train", str(data), "--target", "8", *tiny, *option, "--out", str(tmp_path / "run")])
+    result = runner.invoke(app, ["train", str(data), "--target", "8", *tiny, "--total-kimg", "0.016", *option,
+                                 "--out", str(tmp_path / "run")])
     assert needle in _one_line(result, 2)
     assert not (tmp_path / "run").exists()
 
