@@ -95,8 +95,12 @@ def test_size_mismatch_names_both_sizes_and_only_then(tmp_path):
 
     data = write_pyramid(tmp_path / "data.h5", np.zeros((2, 16, 16, 3), np.uint8))
     unsized = StatsSource("pytorch-fid.npz", np.zeros(2), np.eye(2), None, None, None)  # no size recorded
-    sized = StatsSource("real.npz", np.zeros(2), np.eye(2), 10, "ttur", None, 64)
+    def sized_args(res):
+        return np.zeros(2), np.eye(2), 10, "ttur", None, res
+
+    sized = StatsSource("real.npz", *sized_args(64))
     assert size_mismatch([PyramidSource(data, 16), PyramidSource(data, 16)]) is None
     assert size_mismatch([PyramidSource(data, 8), unsized]) is None
-    note = size_mismatch([sized, PyramidSource(data, 8)])
-    assert "real.npz: 64x64" in note and f"{data} at 8x8: 8x8" in note and "--res 8" in note
+    note = size_mismatch([sized, PyramidSource(data, 8).first(1)])
+    assert f"real.npz at 64x64 and {data} at 8x8 (first 1)" in note and "pass --res 64" in note
+    assert "pass --res" not in size_mismatch([sized, unsized, StatsSource("b.npz", *sized_args(32))])

@@ -23,7 +23,7 @@ import numpy as np
 from progan_cli.errors import DataError, UsageError
 from progan_cli.files import atomic_write
 from progan_cli.metrics.features import Extractor, cache_key, cached_arrays
-from progan_cli.metrics.sources import ImageSource, StatsSource
+from progan_cli.metrics.sources import ImageSource, PyramidSource, StatsSource
 
 RELIABLE_N = 2048  # below this the 2048-d covariance is rank-deficient
 CACHE_VERSION = "fid-stats-v1"
@@ -89,12 +89,16 @@ def size_mismatch(sources: list[ImageSource | StatsSource]) -> str | None:
     FID runs either way, since Inception resizes everything to 299x299; but 16x16 images upscaled are far
     blurrier than 64x64 ones, so the size alone makes the distance large and says little about the images.
     """
-    sizes = {s.res for s in sources if s.res is not None}
-    if len(sizes) < 2:
+    sized = [s for s in sources if s.res is not None]
+    if len({s.res for s in sized}) < 2:
         return None
-    described = " and ".join(f"{s.label}: {s.res}x{s.res}" for s in sources if s.res is not None)
-    return (f"comparing images of different sizes ({described}); FID then mostly measures the size. For a "
-            f"pyramid pass --res {min(sizes)}, or leave --res out to follow the generator's resolution")
+    described = " and ".join(s.label if f"{s.res}x{s.res}" in s.label else f"{s.label} at {s.res}x{s.res}"
+                             for s in sized)
+    is_pyramid = [isinstance(getattr(s, "source", s), PyramidSource) for s in sized]  # also its first(n)
+    others = {s.res for s, p in zip(sized, is_pyramid) if not p}
+    fix = (f"pass --res {others.pop()} to read the pyramid's level of that size" if any(is_pyramid) and len(others) == 1
+           else "compare images of one size")
+    return f"comparing images of different sizes ({described}); FID then mostly measures the size: {fix}"
 
 
 def save_stats(stats: StatsSource, path: Path) -> Path:
