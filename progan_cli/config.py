@@ -8,6 +8,7 @@ Adam(lr 0.001, betas (0, 0.99), eps 1e-8) with lr 0.0015 at 1024x1024.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -92,14 +93,16 @@ class TrainConfig:
         _check(self.workers >= 0, f"--workers {self.workers} must be 0 (read in the main process) or more")
         _check(0 <= self.seed < 2**63, f"--seed {self.seed} must be between 0 and 2^63 - 1")
         _check(0.0 <= self.ema_decay < 1.0, f"ema_decay {self.ema_decay} must be in [0, 1) (0.999 in the paper)")
-        _check(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+        _check(len(self.adam_betas) == 2 and _numbers(self.adam_betas) and all(0.0 <= b < 1.0 for b in self.adam_betas),
                f"adam_betas {self.adam_betas} must be two numbers in [0, 1)")
-        for name, table in (("--minibatch", self.minibatch), ("lr_overrides", self.lr_overrides)):
+        for name, table, whole in (("--minibatch", self.minibatch, True), ("lr_overrides", self.lr_overrides, False)):
             for res, value in table.items():
-                _check(res in _ALL_RESOLUTIONS, f"{name}: {res} is not a resolution (4, 8, ..., 1024)")
-                _check(math.isfinite(value) and value > 0, f"{name} at {res}x{res}: {value} must be positive")
-        _check(self.grid is None or (len(self.grid) == 2 and min(self.grid) >= 1),
+                _check(res in _ALL_RESOLUTIONS, f"{name}: {res!r} is not a resolution (4, 8, ..., 1024)")
+                _check(_numbers([value], whole) and math.isfinite(value) and value > 0,
+                       f"{name} at {res}x{res}: {value!r} must be a positive {'whole ' if whole else ''}number")
+        _check(self.grid is None or (len(self.grid) == 2 and _numbers(self.grid, True) and min(self.grid) >= 1),
                f"--grid {self.grid} must be two positive numbers, columns and rows")
+        _check(all(isinstance(m, str) for m in self.metrics), f"--metrics {self.metrics} must be names")
 
     @property
     def resolutions(self) -> list[int]:
@@ -190,22 +193,37 @@ def _option(name: str) -> str:
     return name if name in _FIELD_ONLY else _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
+def _numbers(values: Any, whole: bool = False) -> bool:
+    """Every value an int (whole) or an int or float; bools, which Python counts as ints, are not numbers here."""
+    kinds = int if whole else (int, float)
+    return all(isinstance(v, kinds) and not isinstance(v, bool) for v in values)
+
+
 _KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a table",
                tuple: "a tuple"}
+
+
+@functools.cache
+def _field_kinds() -> dict[str, list[type]]:
+    """Each TrainConfig field's allowed types, from its annotation (`float | None` -> [float, NoneType])."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds[name] = [typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))]
+    return kinds
 
 
 def _check_types(cfg: TrainConfig) -> None:
     """Values of the declared kind (from a hand-edited config.json or a Python caller): 'lr': "0.1" is refused
     here, naming the field, instead of failing as a TypeError deep inside a comparison."""
-    for name, hint in typing.get_type_hints(TrainConfig).items():
+    for name, kinds in _field_kinds().items():
         value = getattr(cfg, name)
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        kinds = [typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))]
         if value is None and type(None) in kinds:
             continue
         kind = next(k for k in kinds if k is not type(None))
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if kind is float:  # an int is a fine float (--lr 1)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind in (int, float):  # an int is a fine float (--lr 1)
+            ok = _numbers([value], whole=kind is int)
+        else:
+            ok = isinstance(value, kind)
         if not ok:
             raise UsageError(f"{_option(name)} {value!r} is not {_KIND_NAMES[kind]}")

@@ -75,7 +75,8 @@ def test_train_option_errors_are_one_line_before_any_work(tmp_path, option, need
     ("minibatch_repeats", 0, "minibatch_repeats 0 must be 1 or more"),
     ("adam_betas", (0.0, 1.0), "adam_betas (0.0, 1.0) must be two numbers in [0, 1)"),
     ("adam_eps", 0.0, "adam_eps 0.0 must be a positive number"),
-    ("lr_overrides", {1024: -1.0}, "lr_overrides at 1024x1024: -1.0 must be positive"),
+    ("lr_overrides", {1024: -1.0}, "lr_overrides at 1024x1024: -1.0 must be a positive number"),
+    ("minibatch", {4: 8.5}, "--minibatch at 4x4: 8.5 must be a positive whole number"),
     ("lr", "0.1", "--lr '0.1' is not a number"),  # a hand-edited config.json
     ("fmap_base", 1.5, "--fmap-base 1.5 is not a whole number"),
     ("mirror", 1, "--mirror 1 is not true or false"),
