@@ -46,6 +46,7 @@ def test_eta_is_zero_at_and_past_the_end_and_unknown_without_a_rate():
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "00:00:00"), (-3, "00:00:00"), (3661, "01:01:01"),
-                                           (90000, "1d 01:00:00"), (math.inf, "99d 00:00:00")])
+                                           (90000, "1d 01:00:00"), (1e12, "99d 00:00:00"),
+                                           (math.inf, "--:--:--")])
 def test_duration_text(seconds, text):
     assert _duration(seconds) == text

@@ -6,6 +6,7 @@ option here defaults to None and only what the user typed reaches the config.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -186,6 +187,8 @@ class _LiveDisplay:
 
 
 def _duration(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "--:--:--"  # nothing measured yet
     seconds = int(min(max(seconds, 0), 99 * 86400))
     d, rest = divmod(seconds, 86400)
     h, rest = divmod(rest, 3600)

@@ -145,6 +145,7 @@ def training_loop(
     tick_start_time = last_report = last_update = time.time()
     tick_start_nimg_session = cur_nimg  # for the rate shown before the first tick of this process ends
     measured: dict[int, list[float]] = {}  # res -> [images, seconds] this process trained at it (for the ETA)
+    warm_up = True
     stopped = False
 
     def reduce_tick(sched: Schedule) -> dict[str, float]:
@@ -188,6 +189,7 @@ def training_loop(
                 group["lr"] = sched.lr
         if sched.res != reals_res:
             reals_iter, reals_res = _reals_stream(cfg, sched.res, sched.minibatch, cur_nimg, dist), sched.res
+            warm_up = True  # this update starts the DataLoader workers: its rate says little about the next
 
         for _ in range(cfg.minibatch_repeats):
             reals = next(reals_iter).to(device, non_blocking=True).to(memory_format=memory_format)
@@ -202,10 +204,11 @@ def training_loop(
         stopping = dist.any(stop()) if stop is not None else False
         saving = dist.any(checkpoint_now()) if checkpoint_now is not None else False
         now = time.time()
-        seen = measured.setdefault(sched.res, [0, 0.0])
-        seen[0] += sched.minibatch * cfg.minibatch_repeats
-        seen[1] += now - last_update
-        last_update = now
+        if not warm_up:
+            seen = measured.setdefault(sched.res, [0, 0.0])
+            seen[0] += sched.minibatch * cfg.minibatch_repeats
+            seen[1] += now - last_update
+        last_update, warm_up = now, False
         if on_progress is not None and dist.is_main and now - last_report >= 0.5:
             last_report = now
             rate = (cur_nimg - tick_start_nimg_session) / max(now - tick_start_time, 1e-9)
