@@ -8,7 +8,11 @@ Adam(lr 0.001, betas (0, 0.99), eps 1e-8) with lr 0.0015 at 1024x1024.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,12 @@ DEFAULT_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 5
 DEFAULT_LR = {1024: 0.0015}
 LOSS_NAMES = ("wgan-gp", "logistic", "lsgan")
 PRECISIONS = ("fp32", "tf32", "bf16")
+_ALL_RESOLUTIONS = tuple(2**k for k in range(2, 11))
+# Config fields whose command-line option is not simply --<field-name-with-dashes>.
+_OPTION_NAMES = {"keep_checkpoints": "--keep", "data": "DATA"}
+# Fields with no command-line option (set from Python or in a config.json): messages name the field.
+_FIELD_ONLY = ("mbstd_group_size", "minibatch_default", "minibatch_repeats", "lr_overrides", "adam_betas",
+               "adam_eps", "reset_adam")
 
 
 @dataclass(frozen=True)
@@ -71,24 +81,42 @@ class TrainConfig:
     metrics_ticks: int = 10
 
     def __post_init__(self) -> None:
+        """Refuse nonsense at the boundary, naming the option (a bad value otherwise surfaces mid-run as
+        a torch traceback: Adam's "Invalid learning rate", a ZeroDivisionError in the batch split, ...)."""
+        _check_types(self)
         _check(self.target >= 4 and self.target <= 1024 and not self.target & (self.target - 1),
                f"--target {self.target} is not a power of two between 4 and 1024")
         _check(self.loss in LOSS_NAMES, f"--loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
         _check(self.precision in PRECISIONS, f"--precision {self.precision!r} is not fp32, tf32 or bf16")
-        _check(self.stable_kimg > 0 and self.fade_kimg > 0, "--stable-kimg and --fade-kimg must be positive")
-        _check(self.total_kimg is None or self.total_kimg > 0, "--total-kimg must be positive")
-        _check(self.tick_kimg > 0, "--tick-kimg must be positive")
-        _check(min(self.fmap_base, self.fmap_max, self.latent_size) > 0, "network widths must be positive")
-        _check(all(n > 0 for n in self.minibatch.values()) and self.minibatch_default > 0,
-               "--minibatch sizes must be positive")
-        _check(self.snapshot_ticks > 0 and self.keep_checkpoints > 0 and self.metrics_ticks > 0,
-               "--snapshot-ticks, --keep and --metrics-ticks must be positive")
-        _check(self.workers >= 0, "--workers must be 0 or more")
+        for name in ("stable_kimg", "fade_kimg", "total_kimg", "tick_kimg", "lr", "adam_eps"):
+            value = getattr(self, name)
+            _check(value is None or (math.isfinite(value) and value > 0),
+                   f"{_option(name)} {value} must be a positive number")
+        _check(round(self.tick_kimg * 1000) >= 1, f"--tick-kimg {self.tick_kimg} is less than one image")
+        for name in ("fmap_base", "fmap_max", "latent_size", "minibatch_default", "minibatch_repeats",
+                     "snapshot_ticks", "keep_checkpoints", "metrics_ticks", "mbstd_group_size"):
+            _check(getattr(self, name) >= 1, f"{_option(name)} {getattr(self, name)} must be 1 or more"
+                   + (" (1 turns the minibatch-stddev layer off)" if name == "mbstd_group_size" else ""))
+        _check(self.workers >= 0, f"--workers {self.workers} must be 0 (read in the main process) or more")
+        _check(0 <= self.seed < 2**63, f"--seed {self.seed} must be between 0 and 2^63 - 1")
         _check((self.ema_kimg is None) != (self.ema_decay is None),
                "give the G_ema horizon one way: --ema-kimg (images) or --ema-decay (per step), not both")
-        _check(self.ema_kimg is None or self.ema_kimg >= 0, "--ema-kimg must be 0 or more (0: G_ema = G)")
-        _check(self.ema_rampup is None or self.ema_rampup > 0, "--ema-rampup must be positive")
-        _check(self.ema_decay is None or 0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1), e.g. 0.999")
+        _check(self.ema_kimg is None or (math.isfinite(self.ema_kimg) and self.ema_kimg >= 0),
+               f"--ema-kimg {self.ema_kimg} must be 0 or more (0: G_ema = G)")
+        _check(self.ema_rampup is None or (math.isfinite(self.ema_rampup) and self.ema_rampup > 0),
+               f"--ema-rampup {self.ema_rampup} must be positive")
+        _check(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
+               f"--ema-decay {self.ema_decay} must be in [0, 1) (0.999 in the paper)")
+        _check(len(self.adam_betas) == 2 and _numbers(self.adam_betas) and all(0.0 <= b < 1.0 for b in self.adam_betas),
+               f"adam_betas {self.adam_betas} must be two numbers in [0, 1)")
+        for name, table, whole in (("--minibatch", self.minibatch, True), ("lr_overrides", self.lr_overrides, False)):
+            for res, value in table.items():
+                _check(res in _ALL_RESOLUTIONS, f"{name}: {res!r} is not a resolution (4, 8, ..., 1024)")
+                _check(_numbers([value], whole) and math.isfinite(value) and value > 0,
+                       f"{name} at {res}x{res}: {value!r} must be a positive {'whole ' if whole else ''}number")
+        _check(self.grid is None or (len(self.grid) == 2 and _numbers(self.grid, True) and min(self.grid) >= 1),
+               f"--grid {self.grid} must be two positive numbers, columns and rows")
+        _check(all(isinstance(m, str) for m in self.metrics), f"--metrics {self.metrics} must be names")
 
     @property
     def resolutions(self) -> list[int]:
@@ -174,3 +202,44 @@ def parse_minibatch(text: str) -> dict[int, int]:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UsageError(message)
+
+
+def _option(name: str) -> str:
+    """How the user set a field: its --option, or the field's own name for those only Python sets."""
+    return name if name in _FIELD_ONLY else _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _numbers(values: Any, whole: bool = False) -> bool:
+    """Every value an int (whole) or an int or float; bools, which Python counts as ints, are not numbers here."""
+    kinds = int if whole else (int, float)
+    return all(isinstance(v, kinds) and not isinstance(v, bool) for v in values)
+
+
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a table",
+               tuple: "a tuple"}
+
+
+@functools.cache
+def _field_kinds() -> dict[str, list[type]]:
+    """Each TrainConfig field's allowed types, from its annotation (`float | None` -> [float, NoneType])."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds[name] = [typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))]
+    return kinds
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Values of the declared kind (from a hand-edited config.json or a Python caller): 'lr': "0.1" is refused
+    here, naming the field, instead of failing as a TypeError deep inside a comparison."""
+    for name, kinds in _field_kinds().items():
+        value = getattr(cfg, name)
+        if value is None and type(None) in kinds:
+            continue
+        kind = next(k for k in kinds if k is not type(None))
+        if kind in (int, float):  # an int is a fine float (--lr 1)
+            ok = _numbers([value], whole=kind is int)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise UsageError(f"{_option(name)} {value!r} is not {_KIND_NAMES[kind]}")

@@ -39,15 +39,21 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    """--version acts while the options are parsed (is_eager), before click asks for a command."""
+    if value:
         from progan_cli import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"progan {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version, expose_value=False),
+) -> None:
+    """Progressive Growing of GANs: prep photos, train, sample and score."""
 
 
 for _name in COMMAND_MODULES:

@@ -84,6 +84,9 @@ def fid(
     weights: Weights = None,
     save_stats: Annotated[Optional[Path], typer.Option(
         "--save-stats", help="Write A's statistics to this .npz (pytorch-fid's format) for later runs.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Let --save-stats replace an existing file.")] = False,
+    n_reals: Annotated[Optional[int], typer.Option(
+        "--n-reals", help="Read only the first N images of a folder or pyramid [default: all of them].")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached statistics.")] = False,
     batch_size: BatchSize = 64,
     device: Device = "auto",
@@ -91,18 +94,33 @@ def fid(
     json_out: JsonOut = False,
 ) -> None:
     """Frechet Inception Distance between two sources (TTUR's definition by default)."""
+    from rich.markup import escape
+
     from progan_cli.errors import UsageError
     from progan_cli.metrics.features import Extractor
-    from progan_cli.metrics.fid import compute_fid, save_stats as write_stats, source_stats
-    from progan_cli.metrics.sources import open_sources
+    from progan_cli.metrics.fid import compute_fid, save_stats as write_stats, size_mismatch, source_stats
+    from progan_cli.metrics.sources import GeneratorSource, ImageSource, open_sources
 
     if b is None and save_stats is None:
         raise UsageError("give two sources to compare, or one with --save-stats FILE.npz")
     if save_stats is not None and save_stats.suffix != ".npz":
         raise UsageError(f"--save-stats {save_stats}: the file name must end in .npz")
+    if save_stats is not None and save_stats.exists() and not overwrite:
+        raise UsageError(f"--save-stats {save_stats} already exists; pass --overwrite to replace it")
+    if n_reals is not None and n_reals < 2:
+        raise UsageError(f"--n-reals {n_reals}: FID needs at least 2 images for a covariance")
     dev = resolve_device(device)
     extractor = Extractor(weights, protocol, dev, batch_size, progress=_progress())
-    source_a, *rest = open_sources([a] if b is None else [a, b], res, n, dev, seed)
+    sources = open_sources([a] if b is None else [a, b], res, n, dev, seed)
+    if n_reals is not None:
+        stored = [isinstance(s, ImageSource) and not isinstance(s, GeneratorSource) for s in sources]
+        if not any(stored):
+            raise UsageError("--n-reals caps the images read from a folder or pyramid; no source here is one")
+        sources = [s.first(n_reals) if keep else s for s, keep in zip(sources, stored)]
+    mismatch = size_mismatch(sources)
+    if mismatch:
+        err_console.print(f"[yellow]warning:[/] {escape(mismatch)}", soft_wrap=True)
+    source_a, *rest = sources
     if b is None:
         stats, _ = source_stats(source_a, extractor, not no_cache)
         path = write_stats(stats, save_stats)

@@ -6,6 +6,7 @@ option here defaults to None and only what the user typed reaches the config.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -52,13 +53,17 @@ def train(
     keep: Optional[int] = typer.Option(None, help="Checkpoints to keep, newest first [5]."),
     grid: Optional[str] = typer.Option(None, help="Sample grid as COLSxROWS [fits 1920x1080 at the target]."),
 ) -> None:
-    """Train a progressive GAN from 4x4 to --target; SIGINT/SIGTERM write a checkpoint, then exit."""
+    """Train a progressive GAN from 4x4 to --target; SIGINT/SIGTERM write a checkpoint, then exit (130/143);
+    SIGUSR1 writes one and goes on."""
+    from rich.markup import escape
+
     from progan_cli.checkpoints import load_checkpoint
     from progan_cli.config import TrainConfig, parse_minibatch, resumed_config
     from progan_cli.data.dataset import find_pyramid
     from progan_cli.errors import UsageError
     from progan_cli.training.distributed import check_batch_split, init_distributed
-    from progan_cli.training.loop import check_data, training_loop
+    from progan_cli.training.loop import check_data, check_resumed_data, training_loop
+    from progan_cli.training.signals import SignalRequests
 
     options: dict[str, Any] = {
         "target": target, "device": device, "precision": precision, "loss": loss, "stable_kimg": stable_kimg,
@@ -108,7 +113,11 @@ def train(
                                                                           or any(run_dir.iterdir())):
             raise UsageError(f"{run_dir} already holds files; continue it with --resume {run_dir} or pick "
                              "another --out")
-    check_data(cfg)
+    data_key = check_data(cfg)
+    warning = (check_resumed_data(checkpoint.get("data"), data_key, data is not None, run_dir)
+               if checkpoint is not None else None)
+    if warning and int(os.environ.get("RANK", "0")) == 0:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     check_batch_split(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's; before joining the group
     dist, note = init_distributed(cfg.device)
     try:
@@ -123,50 +132,27 @@ def train(
         if dist.is_main:
             err_console.print(f"run folder {run_dir}; {dist.world} process(es) on {dist.device}; "
                               f"{cfg.end_kimg:g} kimg to {cfg.target}x{cfg.target}", soft_wrap=True)
-        with _StopOnSignal() as stop, _LiveDisplay(enabled=dist.is_main) as display:
-            state = training_loop(cfg, run_dir, resume=checkpoint, dist=dist, metrics=callback, stop=stop,
+        notify = err_console.print if dist.is_main else lambda text: None
+        with SignalRequests(notify) as signals, _LiveDisplay(enabled=dist.is_main) as display:
+            state = training_loop(cfg, run_dir, resume=checkpoint, dist=dist, metrics=callback,
+                                  stop=signals.stop_requested, checkpoint_now=signals.checkpoint_requested,
                                   on_progress=display.update)
     finally:
         dist.close()
     if dist.is_main:
         if state.stopped:
-            err_console.print(f"stopped at kimg {state.cur_nimg / 1000:.1f} with a checkpoint; continue with "
+            err_console.print(f"stopped at kimg {state.cur_nimg / 1000:.3f} with a checkpoint; continue with "
                               f"`progan train --resume {run_dir}`", soft_wrap=True)
         print(run_dir)
     if state.stopped:
-        raise typer.Exit(130)
+        # A rank that another rank's signal stopped (it got none itself) still ends as stopped by SIGTERM.
+        raise typer.Exit(signals.exit_code or 128 + signal.SIGTERM)
 
 
 def _next_run_dir(stem: str, target: int) -> Path:
     """runs/00000-<stem>-<target>, numbered one above the highest run already there (as the official code)."""
     numbers = [int(p.name[:5]) for p in RUNS_DIR.glob("[0-9][0-9][0-9][0-9][0-9]-*")] if RUNS_DIR.is_dir() else []
     return RUNS_DIR / f"{max(numbers, default=-1) + 1:05d}-{stem}-{target}"
-
-
-class _StopOnSignal:
-    """SIGINT/SIGTERM ask the loop to stop at its next schedule update (it checkpoints first); a second one
-    interrupts at once."""
-
-    def __enter__(self):
-        self.requested = False
-        self._pid = os.getpid()  # forked DataLoader workers inherit the handler; only this process acts
-        self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in self._previous:
-            signal.signal(sig, self._handle)
-        return lambda: self.requested
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if os.getpid() != self._pid:
-            return
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        err_console.print(f"{signal.Signals(signum).name}: writing a checkpoint, then stopping "
-                          "(again to abort at once)")
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class _LiveDisplay:
@@ -202,7 +188,9 @@ class _LiveDisplay:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(min(seconds, 99 * 86400))
+    if math.isinf(seconds):
+        return "--:--:--"  # nothing measured yet
+    seconds = int(min(max(seconds, 0), 99 * 86400))
     d, rest = divmod(seconds, 86400)
     h, rest = divmod(rest, 3600)
     m, s = divmod(rest, 60)

@@ -2,7 +2,8 @@
 
 Layout (documented for users in docs/formats.md; this module is the only code that knows it):
 
-    /                      attrs: format="progan-pyramid", format_version, target, count, resolutions, ...
+    /                      attrs: format="progan-pyramid", format_version, target, count, resolutions,
+                           target_sha256 (of the target level's bytes, see Pyramid.target_sha256), ...
     /levels/<res>          uint8 (N, res, res, 3), RGB, NHWC; res = 4, 8, ..., target
     /meta/source           (N,) utf-8 path of the photo each image came from
     /meta/face_index       (N,) int32 rank of the face within its photo (0 = first kept)
@@ -18,6 +19,8 @@ as the official `dataset_tool.py` (progressive_growing_of_gans) does.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -107,8 +110,9 @@ class PyramidWriter:
             self._f.create_dataset(f"skipped/{name}", shape=(0,), maxshape=(None,), dtype=self._str,
                                    chunks=(1024,), track_times=False)
         self.count = 0
+        self._digest = hashlib.sha256()  # of the target level, as it is appended: no second pass over the file
         self.set_attrs(format=FORMAT, format_version=FORMAT_VERSION, target=target,
-                       resolutions=self.resolutions, count=0, **attrs)
+                       resolutions=self.resolutions, count=0, target_sha256=self._digest.hexdigest(), **attrs)
 
     def set_attrs(self, **attrs: Any) -> None:
         """File attributes; dicts and lists that HDF5 cannot hold natively are stored as JSON text."""
@@ -131,6 +135,7 @@ class PyramidWriter:
             ds = self._f[f"levels/{res}"]
             ds.resize(n1, axis=0)
             ds[n0:n1] = level
+        self._digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
         columns = {
             "source": [m.source for m in meta],
             "face_index": np.array([m.face_index for m in meta], np.int32),
@@ -145,6 +150,7 @@ class PyramidWriter:
             ds[n0:n1] = values
         self.count = n1
         self._f.attrs["count"] = n1
+        self._f.attrs["target_sha256"] = self._digest.hexdigest()
 
     def skip(self, sources: list[str], reasons: list[str]) -> None:
         """Record photos that gave no image (unreadable, no face, ...)."""
@@ -176,6 +182,20 @@ def write_pyramid(path: Path, images: np.ndarray, meta: list[FaceMeta] | None = 
     with atomic_write(path) as tmp, PyramidWriter(tmp, images.shape[1], **attrs) as writer:
         writer.append(images, meta)
     return path
+
+
+@functools.lru_cache(maxsize=16)
+def _level_sha256(path: str, res: int, size: int, mtime_ns: int) -> str:
+    """sha256 of one level read in chunks; memoised per file version (size and mtime are part of the key)."""
+    import h5py
+
+    digest = hashlib.sha256()
+    with h5py.File(path, "r") as f:
+        level = f[f"levels/{res}"]
+        step = max(1, (64 << 20) // max(1, res * res * 3))
+        for start in range(0, level.shape[0], step):
+            digest.update(np.ascontiguousarray(level[start:start + step]).tobytes())
+    return digest.hexdigest()
 
 
 class Pyramid:
@@ -225,12 +245,28 @@ class Pyramid:
             out[key] = value
         return out
 
+    @property
+    def target_sha256(self) -> str:
+        """sha256 of the target level's bytes ((N, T, T, 3) uint8 in file order): it names the images of every
+        level, since the lower ones are computed from it. `progan prep` stores it while writing, so reading it
+        costs nothing; for a file written before that it is computed once per process (a full read)."""
+        stored = self._f.attrs.get("target_sha256")
+        if stored:
+            return stored.decode() if isinstance(stored, bytes) else str(stored)
+        stat = self.path.stat()
+        return _level_sha256(str(self.path.resolve()), self.target, stat.st_size, stat.st_mtime_ns)
+
     def level(self, res: int):
         """The h5py dataset of one level (lazy), DataError if the file lacks it."""
         if res not in self.resolutions:
             have = ", ".join(map(str, self.resolutions))
-            raise DataError(f"{self.path} has no {res}x{res} level (it has {have}); "
-                            f"re-run `progan prep` with --target {max(res, self.target)}")
+            if res not in range(4, 1025) or res & (res - 1):
+                fix = "levels are powers of two; pick one of those"
+            elif res > self.target:
+                fix = f"re-run `progan prep` with --target {res} for it"
+            else:
+                fix = "the file is incomplete; re-run `progan prep` to write it again"
+            raise DataError(f"{self.path} has no {res}x{res} level (it has {have}); {fix}")
         return self._f[f"levels/{res}"]
 
     def images(self, res: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from progan_cli.errors import DataError, UsageError
 from progan_cli.files import atomic_write
 from progan_cli.metrics.features import Extractor, cache_key, cached_arrays
-from progan_cli.metrics.sources import ImageSource, StatsSource
+from progan_cli.metrics.sources import ImageSource, PyramidSource, StatsSource
 
 RELIABLE_N = 2048  # below this the 2048-d covariance is rank-deficient
 CACHE_VERSION = "fid-stats-v1"
@@ -64,7 +64,8 @@ def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
     """FID statistics of a source, and whether they came without running Inception (cache or .npz).
 
     Stored images (folder, pyramid level) are cached under a key of their content, the protocol and the
-    weights' fingerprint, so scoring many checkpoints against one real set pays for the real set once.
+    weights' fingerprint, so scoring many checkpoints against one real set pays for the real set once. A
+    pyramid's key is the digest prep stored, so a hit reads no image; `source.first(n)` keys its n images.
     """
     if isinstance(source, StatsSource):
         if source.protocol is not None and source.protocol != extractor.protocol:
@@ -79,14 +80,33 @@ def source_stats(source: ImageSource | StatsSource, extractor: Extractor,
 
     arrays, hit = cached_arrays(key, compute, use_cache)
     return StatsSource(source.label, arrays["mu"], arrays["sigma"], int(arrays["n"]), extractor.protocol,
-                       extractor.weights.fingerprint), hit
+                       extractor.weights.fingerprint, source.res), hit
+
+
+def size_mismatch(sources: list[ImageSource | StatsSource]) -> str | None:
+    """A warning when the sources hold images of different sizes (statistics that recorded theirs count).
+
+    FID runs either way, since Inception resizes everything to 299x299; but 16x16 images upscaled are far
+    blurrier than 64x64 ones, so the size alone makes the distance large and says little about the images.
+    """
+    sized = [s for s in sources if s.res is not None]
+    if len({s.res for s in sized}) < 2:
+        return None
+    described = " and ".join(s.label if f"{s.res}x{s.res}" in s.label else f"{s.label} at {s.res}x{s.res}"
+                             for s in sized)
+    is_pyramid = [isinstance(getattr(s, "source", s), PyramidSource) for s in sized]  # also its first(n)
+    others = {s.res for s, p in zip(sized, is_pyramid) if not p}
+    fix = (f"pass --res {others.pop()} to read the pyramid's level of that size" if any(is_pyramid) and len(others) == 1
+           else "compare images of one size")
+    return f"comparing images of different sizes ({described}); FID then mostly measures the size: {fix}"
 
 
 def save_stats(stats: StatsSource, path: Path) -> Path:
-    """Write `mu`/`sigma` as pytorch-fid reads them, plus n, protocol and weights fingerprint; atomically."""
+    """Write `mu`/`sigma` as pytorch-fid reads them, plus n, protocol, weights fingerprint and the images' size;
+    atomically."""
     path = Path(path)
     extra = {k: np.array(v) for k, v in (("n", stats.count), ("protocol", stats.protocol),
-                                          ("weights", stats.weights)) if v is not None}
+                                          ("weights", stats.weights), ("res", stats.res)) if v is not None}
     with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez appends no suffix
         np.savez(f, mu=stats.mu, sigma=stats.sigma, **extra)
     return path

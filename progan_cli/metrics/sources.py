@@ -5,7 +5,9 @@ seeded latents), so IS splits and SWD subsets are repeatable.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,10 @@ class ImageSource:
     def content_key(self) -> str | None:
         """A hash of the images themselves (cache key), or None when they are not stored anywhere."""
         return None
+
+    def first(self, n: int) -> ImageSource:
+        """The first `n` images only (`--n-reals`), with a cache key of their own."""
+        return self if n >= self.count else _FirstImages(self, n)
 
     def images(self, batch_size: int = 256, n: int | None = None) -> torch.Tensor:
         """The first `n` images (all by default) as one uint8 NCHW tensor (SWD needs them together);
@@ -101,6 +107,15 @@ class FolderSource(ImageSource):
         for chunk in prefetch_batches(self._decode, self.files, batch_size, DECODE_THREADS):
             yield torch.from_numpy(np.stack(chunk)).permute(0, 3, 1, 2)
 
+    def first(self, n: int) -> FolderSource:
+        """The first `n` files in sorted order: only those are read, hashed included."""
+        if n >= self.count:
+            return self
+        capped = copy.copy(self)
+        capped.files, capped.count = self.files[:n], n
+        capped.label = f"{self.label} (first {n})"
+        return capped
+
     def content_key(self) -> str:
         digest = hashlib.sha256()
         for path in self.files:
@@ -135,10 +150,32 @@ class PyramidSource(ImageSource):
             yield torch.from_numpy(chunk).permute(0, 3, 1, 2)
 
     def content_key(self) -> str:
-        digest = hashlib.sha256(f"{self.res}".encode())
-        for chunk in self._chunks(1024):
-            digest.update(np.ascontiguousarray(chunk).tobytes())
-        return "pyramid:" + digest.hexdigest()
+        """The sha256 of the target level that `progan prep` stored (every level is computed from it), and
+        the level: a cache hit reads no image."""
+        from progan_cli.data.pyramid import Pyramid
+
+        with Pyramid(self.path) as pyramid:
+            return f"pyramid:{pyramid.target_sha256}:{self.res}"
+
+
+class _FirstImages(ImageSource):
+    """The first `n` images of a stored source (ImageSource.first)."""
+
+    def __init__(self, source: ImageSource, n: int):
+        self.source, self.res, self.count = source, source.res, n
+        self.label = f"{source.label} (first {n})"
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        left = self.count
+        for batch in self.source.batches(min(batch_size, self.count)):
+            yield batch[:left]
+            left -= len(batch[:left])
+            if left == 0:
+                return
+
+    def content_key(self) -> str | None:
+        key = self.source.content_key()
+        return f"{key}:first{self.count}" if key is not None else None
 
 
 class GeneratorSource(ImageSource):
@@ -177,25 +214,49 @@ class StatsSource:
     count: int | None
     protocol: str | None
     weights: str | None
+    res: int | None = None  # size of the images they came from, when recorded
 
 
 def load_stats(path: Path) -> StatsSource:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    if "mu" not in arrays or "sigma" not in arrays:
-        raise DataError(f"{path}: FID statistics need arrays 'mu' and 'sigma' (found {', '.join(arrays) or 'none'})")
+    """pytorch-fid's `mu` and `sigma` (plus what `--save-stats` records); anything else is one DataError line."""
+    arrays = _read_npz(path)
+    for key in ("mu", "sigma"):
+        if key not in arrays:
+            raise DataError(f"{path}: FID statistics need arrays 'mu' and 'sigma' (found "
+                            f"{', '.join(arrays) or 'none'})")
+        if arrays[key].dtype.kind not in "fiu":
+            raise DataError(f"{path}: '{key}' holds {arrays[key].dtype} values, not numbers")
     mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not a mean and its covariance")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DataError(f"{path}: mu or sigma holds NaN or infinite values")
 
-    def text(key: str) -> str | None:
-        return str(arrays[key]) if key in arrays else None
+    def scalar(key: str, kind: type) -> int | str | None:
+        value = arrays.get(key)
+        if value is None or value.ndim != 0 or (kind is int and value.dtype.kind not in "iu"):
+            return None
+        return kind(value)
 
-    count = int(arrays["n"]) if "n" in arrays else None
-    return StatsSource(str(path), mu, sigma, count, text("protocol"), text("weights"))
+    return StatsSource(str(path), mu, sigma, scalar("n", int), scalar("protocol", str), scalar("weights", str),
+                       scalar("res", int))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz, loading no pickled object; one line saying what the file is otherwise."""
+    fix = "statistics come from `progan fid DATA --save-stats FILE.npz` or pytorch-fid's --save-stats"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        what = "a single .npy array" if npy else "not an .npz archive"
+        raise DataError(f"{path}: {what}, not FID statistics; {fix}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files if k + ".npy" in f.zip.namelist()}
+    except ValueError:  # numpy's refusal of object arrays, which would run pickled code
+        raise DataError(f"{path}: holds pickled Python objects, which progan does not load; {fix}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: a damaged .npz archive ({exc.__class__.__name__}); {fix}") from None
 
 
 def _is_run(folder: Path) -> bool:

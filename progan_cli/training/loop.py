@@ -37,7 +37,8 @@ from progan_cli.networks import build_networks
 from progan_cli.sampling import latents
 from progan_cli.training.distributed import Distributed, split_batch
 from progan_cli.training.rng import rng_state, set_rng_state
-from progan_cli.training.schedule import Schedule, adam_reset_needed, schedule_at
+from progan_cli.training.schedule import Schedule, adam_reset_needed, eta_seconds, schedule_at
+from progan_cli.training.signals import ignore_in_worker
 from progan_cli.training.step import Nets, StepContext, ema_beta, make_optimizer, train_step
 
 # Log fields that measure the machine rather than the run: they differ between identical runs.
@@ -78,12 +79,14 @@ def training_loop(
     dist: Distributed | None = None,  # this process's rank, world size and device; None: one process
     metrics: Callable[[nn.Module, int], dict[str, float]] | None = None,  # (G_ema, res) -> values for the log
     stop: Callable[[], bool] | None = None,  # polled at each schedule update; True: checkpoint and return
+    checkpoint_now: Callable[[], bool] | None = None,  # polled likewise; True: checkpoint and go on
     on_progress: Callable[[Progress, dict[str, Any] | None], None] | None = None,  # live display; the dict
     #                                           is the log line of a tick that just finished, else None
 ) -> TrainState:
     """Train G and D progressively from 4x4 to cfg.target until cfg.end_kimg thousand real images."""
     dist = dist or Distributed(device=resolve_device(cfg.device))
     device = dist.device
+    data_key = check_data(cfg)
     run_dir = Path(run_dir)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -139,8 +142,10 @@ def training_loop(
     reals_iter: Iterator[torch.Tensor] | None = None
     reals_res = None
     last_ckpt: Path | None = None
-    tick_start_time = last_report = time.time()
+    tick_start_time = last_report = last_update = time.time()
     tick_start_nimg_session = cur_nimg  # for the rate shown before the first tick of this process ends
+    measured: dict[int, list[float]] = {}  # res -> [images, seconds] this process trained at it (for the ETA)
+    warm_up = True
     stopped = False
 
     def reduce_tick(sched: Schedule) -> dict[str, float]:
@@ -156,20 +161,23 @@ def training_loop(
                               "try --precision fp32 or a lower --lr")
         return means
 
-    def checkpoint() -> Path | None:
+    def checkpoint(partial_tick_sec: float = 0.0) -> Path | None:
+        """Save the run; mid-tick, the tick's seconds so far count in the saved total (not in this process's)."""
         progress.update(cur_nimg=cur_nimg, cur_tick=cur_tick)
         if not dist.is_main:
             return None
         return save_checkpoint(run_dir, {
             "config": cfg.to_dict(), "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "progress": dict(progress),
-            "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "rng": rng_state(device),
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "progress": {**progress, "total_sec": progress["total_sec"] + partial_tick_sec},
+            "tick_sums": {k: v.cpu() for k, v in tick_sums.items()}, "rng": rng_state(device), "data": data_key,
         }, keep=cfg.keep_checkpoints)
 
     def report(sched: Schedule, rate: float, losses: dict[str, float], line: dict[str, Any] | None) -> None:
+        rates = {res: n / sec for res, (n, sec) in measured.items() if sec > 0}
         on_progress(Progress(kimg=cur_nimg / 1000, end_kimg=cfg.end_kimg, res=sched.res, phase=sched.phase,
                              alpha=sched.alpha, img_per_s=rate, losses=losses,
-                             eta_s=(end_nimg - cur_nimg) / max(rate, 1e-9)), line)
+                             eta_s=eta_seconds(cfg, cur_nimg, rates)), line)
 
     while cur_nimg < end_nimg:
         sched = schedule_at(cur_nimg, cfg)
@@ -181,6 +189,7 @@ def training_loop(
                 group["lr"] = sched.lr
         if sched.res != reals_res:
             reals_iter, reals_res = _reals_stream(cfg, sched.res, sched.minibatch, cur_nimg, dist), sched.res
+            warm_up = True  # this update starts the DataLoader workers: its rate says little about the next
 
         for _ in range(cfg.minibatch_repeats):
             reals = next(reals_iter).to(device, non_blocking=True).to(memory_format=memory_format)
@@ -195,7 +204,13 @@ def training_loop(
 
         done = cur_nimg >= end_nimg
         stopping = dist.any(stop()) if stop is not None else False
+        saving = dist.any(checkpoint_now()) if checkpoint_now is not None else False
         now = time.time()
+        if not warm_up:
+            seen = measured.setdefault(sched.res, [0, 0.0])
+            seen[0] += sched.minibatch * cfg.minibatch_repeats
+            seen[1] += now - last_update
+        last_update, warm_up = now, False
         if on_progress is not None and dist.is_main and now - last_report >= 0.5:
             last_report = now
             rate = (cur_nimg - tick_start_nimg_session) / max(now - tick_start_time, 1e-9)
@@ -222,15 +237,14 @@ def training_loop(
                     f.write(json.dumps(line) + "\n")
             tick_sums = {}
             progress.update(tick_steps=0, tick_start_nimg=cur_nimg)
-            if cur_tick % cfg.snapshot_ticks == 0 or done or stopping:
+            if cur_tick % cfg.snapshot_ticks == 0 or done or stopping or saving:
                 last_ckpt = checkpoint() or last_ckpt
             if on_progress is not None and dist.is_main:
                 report(sched, line["img_per_s"], means, line)
             tick_start_time, tick_start_nimg_session = time.time(), cur_nimg
-        elif stopping:
+        elif stopping or saving:
             reduce_tick(sched)  # averages the partial sums over ranks (saved so the tick resumes exactly)
-            progress["total_sec"] += now - tick_start_time
-            last_ckpt = checkpoint() or last_ckpt
+            last_ckpt = checkpoint(partial_tick_sec=now - tick_start_time) or last_ckpt
         if stopping and not done:
             stopped = True
             break
@@ -238,10 +252,11 @@ def training_loop(
     return TrainState(nets=nets, opt_G=opt_G, opt_D=opt_D, cur_nimg=cur_nimg, cur_tick=cur_tick, stopped=stopped)
 
 
-def check_data(cfg: TrainConfig) -> int:
+def check_data(cfg: TrainConfig) -> dict[str, Any]:
     """Fail before any work when the pyramid cannot feed this run: missing, foreign, too small, levels lacking.
 
-    Returns the number of images.
+    Returns the data key every checkpoint stores: the file, its image count and the sha256 of its target
+    level (stored by `progan prep`, so this reads no images).
     """
     from progan_cli.data.pyramid import Pyramid
 
@@ -254,7 +269,25 @@ def check_data(cfg: TrainConfig) -> int:
             pyr.level(res)  # DataError naming the missing level
         if len(pyr) == 0:
             raise DataError(f"{cfg.data} holds no images; prep a folder of photos first")
-        return len(pyr)
+        return {"path": cfg.data, "count": len(pyr), "target_sha256": pyr.target_sha256}
+
+
+def check_resumed_data(saved: dict[str, Any] | None, now: dict[str, Any], explicit: bool,
+                       run_dir: Path) -> str | None:
+    """A resumed run must go on with the images it was trained on (check_data's keys, then and now).
+
+    Other images are refused unless DATA was given on the command line: then the user means it, and the
+    returned warning says what changed. A checkpoint written before checkpoints kept the key (None) is
+    taken on trust.
+    """
+    if saved is None or saved["target_sha256"] == now["target_sha256"]:
+        return None
+    change = (f"{now['path']} holds other images than this run was trained on ({saved['count']} images in "
+              f"{saved['path']}, {now['count']} now)")
+    if not explicit:
+        raise DataError(f"{change}; restore the original file, or name the data to resume on explicitly: "
+                        f"progan train {now['path']} --resume {run_dir}")
+    return f"{change}; resuming on them as asked"
 
 
 def fade_reals(x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -316,9 +349,11 @@ def _reals_stream(cfg: TrainConfig, res: int, global_batch: int, start: int,
     sampler = _StreamSampler(len(level), cfg.seed, cfg.mirror, start, global_batch, dist.rank, dist.world)
     # A generator of its own: a DataLoader otherwise draws its worker seed from the global RNG each time a
     # level starts, which would make the latents depend on where a run was resumed.
+    # The workers ignore the signals a terminal, `timeout` or Slurm send to the whole process group: the
+    # main process alone stops (with a checkpoint), see training/signals.py.
     loader = DataLoader(_Mirrored(level), batch_sampler=sampler, num_workers=cfg.workers,
                         pin_memory=dist.device.type == "cuda", prefetch_factor=4 if cfg.workers else None,
-                        generator=torch.Generator())
+                        generator=torch.Generator(), worker_init_fn=ignore_in_worker if cfg.workers else None)
     return iter(loader)
 
 

@@ -54,3 +54,46 @@ def adam_reset_needed(prev_lod: float, lod: float) -> bool:
     That happens when a fade starts (ceil drops: new layers appear) and when it ends (floor drops).
     """
     return math.floor(prev_lod) != math.floor(lod) or math.ceil(prev_lod) != math.ceil(lod)
+
+
+def nimg_per_resolution(cfg: TrainConfig, start_nimg: int, end_nimg: int) -> dict[int, int]:
+    """Real images each resolution trains on between two points of the run, lowest resolution first.
+
+    A fade counts for the new resolution (it sets the minibatch and runs the new layers): resolution
+    4 * 2^k trains from `stable + (k-1) * (stable + fade)` kimg (its fade-in) to `stable + k * (stable + fade)`,
+    the target from its fade-in to the end.
+    """
+    period, out = cfg.stable_kimg + cfg.fade_kimg, {}
+    for k, res in enumerate(cfg.resolutions):
+        lo = 0 if k == 0 else round((cfg.stable_kimg + (k - 1) * period) * 1000)
+        hi = round((cfg.stable_kimg + k * period) * 1000) if res < cfg.target else end_nimg
+        n = min(hi, end_nimg) - max(lo, start_nimg)
+        if n > 0:
+            out[res] = n
+    return out
+
+
+def eta_seconds(cfg: TrainConfig, cur_nimg: int, rates: dict[int, float]) -> float:
+    """Seconds until cfg.end_kimg: each resolution's remaining images at its own measured rate (images/s).
+
+    A resolution not measured yet takes the rate of the nearest measured one, scaled by the work per image:
+    sum over the blocks up to it of res^2 * nf^2, the 3x3 convolutions that dominate G and D alike. (The
+    rate at 4x4 says little about 128x128: dividing the images left by it put the first ETA of a run 4x too
+    low.) 0 at or past the end, inf with nothing measured.
+    """
+    from progan_cli.networks.layers import block_widths
+
+    def work(res: int) -> float:
+        return sum(r * r * w * w for r, w in zip(cfg.resolutions, block_widths(res, cfg.fmap_base, cfg.fmap_max)))
+
+    remaining = nimg_per_resolution(cfg, cur_nimg, round(cfg.end_kimg * 1000))
+    measured = {res: rate for res, rate in rates.items() if rate > 0}
+    if not remaining:
+        return 0.0
+    if not measured:
+        return math.inf
+    seconds = 0.0
+    for res, n in remaining.items():
+        ref = min(measured, key=lambda m: (abs(math.log2(m / res)), -m))  # nearest; the higher one on a tie
+        seconds += n / (measured[ref] * work(ref) / work(res))
+    return seconds
