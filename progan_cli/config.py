@@ -99,14 +99,14 @@ class TrainConfig:
                    + (" (1 turns the minibatch-stddev layer off)" if name == "mbstd_group_size" else ""))
         _check(self.workers >= 0, f"--workers {self.workers} must be 0 (read in the main process) or more")
         _check(0 <= self.seed < 2**63, f"--seed {self.seed} must be between 0 and 2^63 - 1")
-        _check((self.ema_kimg is None) != (self.ema_decay is None),
-               "give the G_ema horizon one way: --ema-kimg (images) or --ema-decay (per step), not both")
         _check(self.ema_kimg is None or (math.isfinite(self.ema_kimg) and self.ema_kimg >= 0),
                f"--ema-kimg {self.ema_kimg} must be 0 or more (0: G_ema = G)")
         _check(self.ema_rampup is None or (math.isfinite(self.ema_rampup) and self.ema_rampup > 0),
                f"--ema-rampup {self.ema_rampup} must be positive")
         _check(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
                f"--ema-decay {self.ema_decay} must be in [0, 1) (0.999 in the paper)")
+        _check((self.ema_kimg is None) != (self.ema_decay is None),
+               "give the G_ema horizon one way: --ema-kimg (images) or --ema-decay (per step), not both")
         _check(len(self.adam_betas) == 2 and _numbers(self.adam_betas) and all(0.0 <= b < 1.0 for b in self.adam_betas),
                f"adam_betas {self.adam_betas} must be two numbers in [0, 1)")
         for name, table, whole in (("--minibatch", self.minibatch, True), ("lr_overrides", self.lr_overrides, False)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -129,3 +130,24 @@ def inception_calls():
         lambda module, args, out: calls.append(len(out)) if isinstance(module, FIDInception) else None)
     yield calls
     hook.remove()
+
+
+def same_state(a, b) -> bool:
+    """Exact equality of nested state dicts (tensors bit for bit)."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def run_log(run) -> list[dict]:
+    """A run's log.jsonl without the fields that measure the machine (they differ between identical runs)."""
+    from progan_cli.training.loop import TIMING_FIELDS
+
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in TIMING_FIELDS} for line in lines]

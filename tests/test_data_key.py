@@ -7,12 +7,15 @@ import hashlib
 
 import h5py
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from progan_cli.cli.app import app
 from progan_cli.data.pyramid import FaceMeta, Pyramid, PyramidWriter, write_pyramid
 from progan_cli.metrics.sources import PyramidSource
-from test_train import TINY, _one_thread, photo_pyramid  # noqa: F401  (the fixture applies here too)
+from conftest import TINY, photo_pyramid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 runner = CliRunner()
 

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from progan_cli.cli.app import app
 from progan_cli.data.pyramid import write_pyramid
 from progan_cli.metrics.sources import load_stats
-from test_fid import pth_weights  # noqa: F401  (session fixture: converted weights with a zero classifier)
 
 runner = CliRunner()
 

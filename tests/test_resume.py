@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -10,26 +9,10 @@ import torch
 from progan_cli.checkpoints import load_checkpoint
 from progan_cli.config import TrainConfig
 from progan_cli.sampling import load_generator
-from progan_cli.training.loop import TIMING_FIELDS, training_loop
-from conftest import TINY, photo_pyramid
+from progan_cli.training.loop import training_loop
+from conftest import TINY, photo_pyramid, run_log, same_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _same(a, b) -> bool:
-    """Exact equality of nested state dicts (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _log(run) -> list[dict]:
-    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k not in TIMING_FIELDS} for line in lines]
 
 
 def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path):
@@ -58,16 +41,16 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path):
     assert not resumed.stopped and resumed.cur_nimg == 384
 
     for name in ("G", "D", "G_ema"):
-        assert _same(getattr(whole.nets, name).state_dict(), getattr(resumed.nets, name).state_dict()), name
-    assert _same(whole.opt_G.state_dict(), resumed.opt_G.state_dict())
-    assert _same(whole.opt_D.state_dict(), resumed.opt_D.state_dict())
+        assert same_state(getattr(whole.nets, name).state_dict(), getattr(resumed.nets, name).state_dict()), name
+    assert same_state(whole.opt_G.state_dict(), resumed.opt_G.state_dict())
+    assert same_state(whole.opt_D.state_dict(), resumed.opt_D.state_dict())
     end_whole, end_split = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "progress", "rng", "tick_sums"):
         if key == "progress":
             end_whole[key].pop("total_sec"), end_split[key].pop("total_sec")
-        assert _same(end_whole[key], end_split[key]), key
-    assert _log(tmp_path / "whole") == _log(tmp_path / "split")
-    assert len(_log(tmp_path / "whole")) == 6
+        assert same_state(end_whole[key], end_split[key]), key
+    assert run_log(tmp_path / "whole") == run_log(tmp_path / "split")
+    assert len(run_log(tmp_path / "whole")) == 6
     # Mid-fade (192 images: 8x8 at alpha 0.5) G_ema renders 4x4 fully; at the end 8x8.
     assert load_generator(tmp_path / "split" / "checkpoints" / "ckpt-000000.192.pt").res == 4
     assert load_generator(tmp_path / "split").res == 8
@@ -89,8 +72,8 @@ def test_cli_resume_extends_a_finished_run_exactly(tmp_path):
     assert TrainConfig.load(tmp_path / "split" / "config.json").total_kimg == 0.256
     straight, split = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng"):
-        assert _same(straight[key], split[key]), key
-    assert _log(tmp_path / "straight") == _log(tmp_path / "split")
+        assert same_state(straight[key], split[key]), key
+    assert run_log(tmp_path / "straight") == run_log(tmp_path / "split")
     refused = runner.invoke(app, ["train", "--resume", str(tmp_path / "split"), "--latent-size", "64"])
     assert refused.exit_code == 2 and "--latent-size cannot change" in refused.output
     finished = runner.invoke(app, ["train", "--resume", str(tmp_path / "split")])

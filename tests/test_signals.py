@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 from conftest import ROOT
 from progan_cli.checkpoints import list_checkpoints, load_checkpoint
 from progan_cli.cli.app import app
-from test_resume import _log, _same
-from test_train import TINY, _one_thread, photo_pyramid  # noqa: F401  (the fixture applies here too)
+from conftest import TINY, photo_pyramid, run_log, same_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Tiny networks on the 8 fixture photos at 8x8: 32 images per schedule update, a tick every update, phases
 # of 64 + 64 images. No periodic snapshot: every checkpoint comes from a signal.
@@ -101,8 +102,8 @@ def test_group_sigterm_with_workers_checkpoints_and_resumes_bitwise(tmp_path):
     assert straight.exit_code == 0, straight.output
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(run)
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng", "tick_sums"):
-        assert _same(a[key], b[key]), key
-    assert _log(tmp_path / "straight") == _log(run)
+        assert same_state(a[key], b[key]), key
+    assert run_log(tmp_path / "straight") == run_log(run)
 
 
 @pytest.mark.slow

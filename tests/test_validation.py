@@ -17,8 +17,7 @@ from progan_cli.cli.app import app
 from progan_cli.config import TrainConfig
 from progan_cli.errors import UsageError
 from progan_cli.metrics.inception import PYTORCH_FID_FILE
-from test_fid import pth_weights  # noqa: F401  (session fixture: converted weights with a zero classifier)
-from test_train import TINY, photo_pyramid
+from conftest import TINY, photo_pyramid
 
 runner = CliRunner()
 
@@ -69,8 +68,10 @@ def test_train_option_errors_are_one_line_before_any_work(tmp_path, option, need
 
 
 @pytest.mark.parametrize("field, value, needle", [
-    ("ema_decay", 1.0, "ema_decay 1.0 must be in [0, 1)"),
-    ("ema_decay", -0.5, "ema_decay -0.5 must be in [0, 1)"),
+    ("ema_decay", 1.0, "--ema-decay 1.0 must be in [0, 1)"),
+    ("ema_decay", -0.5, "--ema-decay -0.5 must be in [0, 1)"),
+    ("ema_kimg", -1.0, "--ema-kimg -1.0 must be 0 or more"),
+    ("ema_rampup", 0.0, "--ema-rampup 0.0 must be positive"),
     ("mbstd_group_size", 0, "mbstd_group_size 0 must be 1 or more"),  # was a ZeroDivisionError
     ("minibatch_repeats", 0, "minibatch_repeats 0 must be 1 or more"),
     ("adam_betas", (0.0, 1.0), "adam_betas (0.0, 1.0) must be two numbers in [0, 1)"),
