@@ -41,3 +41,22 @@ def test_bad_devices_are_usage_errors(name):
 def test_cpu_and_auto():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_threads_default_to_the_cores_left_after_workers(monkeypatch):
+    """Hand numbers: 8 usable cores, 2 DataLoader workers -> 6 threads; 2 ranks on the machine -> 4 - 2 = 2."""
+    from progan_cli.devices import use_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    try:
+        assert use_threads(None, reserved=2) == 6 == torch.get_num_threads()
+        assert use_threads(None, reserved=20) == 1  # never below one
+        assert use_threads(3, reserved=2) == 3  # --threads wins
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert use_threads(None, reserved=2) == 2
+        with pytest.raises(UsageError, match="--threads 0 must be 1 or more"):
+            use_threads(0)
+    finally:
+        torch.set_num_threads(before)

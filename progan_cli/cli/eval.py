@@ -9,9 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, print_json
-from progan_cli.cli.metrics import BatchSize, Device, JsonOut, NoCache, Protocol, Seed, Weights, _progress
-from progan_cli.devices import resolve_device
+from progan_cli.cli.common import Device, Threads, err_console, print_json, setup_device
+from progan_cli.cli.metrics import BatchSize, JsonOut, NoCache, Protocol, Seed, Weights, _progress
 
 
 def eval_cmd(
@@ -27,6 +26,7 @@ def eval_cmd(
     no_cache: NoCache = False,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    threads: Threads = None,
     seed: Seed = 0,
     json_out: JsonOut = False,
 ) -> None:
@@ -39,7 +39,7 @@ def eval_cmd(
         main = next(iter(result.results.values()))
         err_console.print(f"{ckpt} {result.metric} {main:.6g} ({result.seconds:.1f} s)", soft_wrap=True)
 
-    report = evaluate_runs(runs, specs, every=every, data=data, device=resolve_device(device), seed=seed,
+    report = evaluate_runs(runs, specs, every=every, data=data, device=setup_device(device, threads), seed=seed,
                            weights=weights, protocol=protocol, batch_size=batch_size, use_cache=not no_cache,
                            progress=_progress(), on_result=done)
     if json_out:

@@ -12,8 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, print_json
-from progan_cli.devices import resolve_device
+from progan_cli.cli.common import Device, Threads, err_console, print_json, setup_device
 
 SOURCE_HELP = ("A folder of images (recursive), a pyramid .h5 (with --res), a run folder or checkpoint (with --n), "
                "or FID statistics .npz (mu, sigma).")
@@ -22,7 +21,6 @@ N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a
                                           "also the most taken from each image set).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the generated latents (and of SWD's and KID's random "
                                    "draws).")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per batch (Inception, generation).")]
 Weights = Annotated[Optional[Path], typer.Option(
     "--weights", help="Inception weights (pytorch-fid .pth or fid-helper TorchScript); default: found offline, "
@@ -90,6 +88,7 @@ def fid(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write cached statistics.")] = False,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    threads: Threads = None,
     seed: Seed = 0,
     json_out: JsonOut = False,
 ) -> None:
@@ -109,7 +108,7 @@ def fid(
         raise UsageError(f"--save-stats {save_stats} already exists; pass --overwrite to replace it")
     if n_reals is not None and n_reals < 2:
         raise UsageError(f"--n-reals {n_reals}: FID needs at least 2 images for a covariance")
-    dev = resolve_device(device)
+    dev = setup_device(device, threads)
     extractor = Extractor(weights, protocol, dev, batch_size, progress=_progress())
     sources = open_sources([a] if b is None else [a, b], res, n, dev, seed)
     if n_reals is not None:
@@ -141,6 +140,7 @@ def inception_score_cmd(
     weights: Weights = None,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    threads: Threads = None,
     seed: Seed = 0,
     json_out: JsonOut = False,
 ) -> None:
@@ -152,7 +152,7 @@ def inception_score_cmd(
     from progan_cli.metrics.inception_score import inception_score_splits
 
     start = time.perf_counter()
-    dev = resolve_device(device)
+    dev = setup_device(device, threads)
     (source,) = _image_sources([a], res, n, dev, seed, "IS")
     if source.count < splits:
         raise DataError(f"{a}: {source.count} images cannot fill {splits} splits; give more images or --splits "
@@ -173,6 +173,7 @@ def swd(
     res: Res = None,
     n: N = None,
     device: Device = "auto",
+    threads: Threads = None,
     seed: Seed = 0,
     json_out: JsonOut = False,
 ) -> None:
@@ -183,7 +184,7 @@ def swd(
     from progan_cli.metrics.swd import compute_swd_batches, swd_batch_size
 
     start = time.perf_counter()
-    dev = resolve_device(device)
+    dev = setup_device(device, threads)
     sources = _image_sources([a, b], res, n, dev, seed, "SWD")
     # With --n, a larger image set contributes its first n images (the paper: 16384 reals vs 16384 fakes).
     counts = [s.count if n is None else min(s.count, n) for s in sources]
@@ -198,7 +199,7 @@ def swd(
 
 
 def _feature_metric(a: Path, b: Path, res: int | None, n: int | None, protocol: str, weights: Path | None,
-                    no_cache: bool, batch_size: int, device: str, seed: int, json_out: bool, metric: str,
+                    no_cache: bool, batch_size: int, device: str, threads: int | None, seed: int, json_out: bool, metric: str,
                     check: Callable[[int, int], object], compute: Callable, text: Callable[[dict], str]) -> None:
     """A metric of the pool3 features of A and B (KID, PR): the counts `check`ed before one Inception pass per
     source, then `compute`(features_a, features_b, device) printed as `text` or JSON."""
@@ -207,7 +208,7 @@ def _feature_metric(a: Path, b: Path, res: int | None, n: int | None, protocol: 
     from progan_cli.metrics.features import Extractor
 
     start = time.perf_counter()
-    dev = resolve_device(device)
+    dev = setup_device(device, threads)
     sources = _image_sources([a, b], res, n, dev, seed, metric)
     check(*(s.count for s in sources))
     extractor = Extractor(weights, protocol, dev, batch_size, progress=_progress())
@@ -233,13 +234,14 @@ def kid(
     no_cache: NoCache = False,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    threads: Threads = None,
     seed: Seed = 0,
     json_out: JsonOut = False,
 ) -> None:
     """Kernel Inception Distance (Binkowski et al. 2018): mean and std of the unbiased MMD^2 over subsets."""
     from progan_cli.metrics.kid import compute_kid, subset_size_for
 
-    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, seed, json_out, "KID",
+    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, threads, seed, json_out, "KID",
                     lambda na, nb: subset_size_for(na, nb, subsets, subset_size),
                     lambda fa, fb, dev: compute_kid(fa, fb, subsets, subset_size, seed, dev),
                     lambda r: f"{r['kid']:.6g} {r['kid_std']:.6g}")
@@ -256,13 +258,14 @@ def precision_recall(
     no_cache: NoCache = False,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    threads: Threads = None,
     seed: Seed = 0,
     json_out: JsonOut = False,
 ) -> None:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of B against A, on Inception pool3 features."""
     from progan_cli.metrics.precision_recall import check_counts, compute_precision_recall
 
-    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, seed, json_out,
+    _feature_metric(a, b, res, n, protocol, weights, no_cache, batch_size, device, threads, seed, json_out,
                     "precision/recall", lambda na, nb: check_counts(na, nb, k),
                     lambda fa, fb, dev: compute_precision_recall(fa, fb, k, dev),
                     lambda r: f"{r['precision']:.6g} {r['recall']:.6g}")
@@ -274,6 +277,7 @@ def msssim(
     n: N = None,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    threads: Threads = None,
     seed: Seed = 0,
     json_out: JsonOut = False,
 ) -> None:
@@ -283,7 +287,7 @@ def msssim(
     from progan_cli.metrics.msssim import check_size, compute_msssim
 
     start = time.perf_counter()
-    (source,) = _image_sources([a], res, n, resolve_device(device), seed, "MS-SSIM")
+    (source,) = _image_sources([a], res, n, setup_device(device, threads), seed, "MS-SSIM")
     check_size(source.res)
     result = compute_msssim(source.batches(batch_size), max(source.count // 2, 1))  # 1 image: one Error line
     if json_out:

@@ -10,8 +10,7 @@ from typing import Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, print_json
-from progan_cli.devices import DEVICE_HELP, resolve_device
+from progan_cli.cli.common import Device, Threads, err_console, print_json, setup_device
 
 
 def prep(
@@ -31,7 +30,8 @@ def prep(
                                       "the photo (filled by reflection); 1 keeps all, 0.5 drops mostly-mirror crops."),
     compression: Optional[str] = typer.Option(None, help="HDF5 compression of the levels: gzip or lzf."),
     batch: int = typer.Option(32, help="Photos per detection batch (also the unit of resuming)."),
-    device: str = typer.Option("auto", help=DEVICE_HELP + "."),
+    device: Device = "auto",
+    threads: Threads = None,
     workers: int = typer.Option(2, help="Threads decoding photos; 0 decodes in the main thread."),
     overwrite: bool = typer.Option(False, help="Replace an existing output file (once the new one is complete) "
                                    "and an unfinished prep of it with other options."),
@@ -53,7 +53,7 @@ def prep(
             check_workers(workers)
             out = check_output(out if out is not None else default_output(src), overwrite)
             sources = list_sources(src)
-            dev = resolve_device(device)  # imports torch: after the checks that need none
+            dev = setup_device(device, threads)  # imports torch: after the checks that need none
             progress = Progress(
                 TextColumn("prep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]:.1f} photos/s"),
                 TextColumn("images {task.fields[images]}  skipped {task.fields[skipped]}"), TimeRemainingColumn(),

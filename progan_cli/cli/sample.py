@@ -13,8 +13,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, parse_grid
-from progan_cli.devices import DEVICE_HELP, resolve_device
+from progan_cli.cli.common import Device, Threads, err_console, parse_grid, setup_device
 
 Source = Annotated[Path, typer.Argument(help="A run folder (its newest checkpoint), a checkpoint file or an "
                                         "export from `progan export` (.safetensors).")]
@@ -22,7 +21,6 @@ Seed = Annotated[int, typer.Option("--seed", help="The set of images: image i of
 Res = Annotated[Optional[int], typer.Option("--res", help="Any resolution the run has grown to [the highest one "
                                             "it renders fully].")]
 Raw = Annotated[bool, typer.Option("--raw", help="The trained G instead of its moving average G_ema.")]
-Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 Precision = Annotated[str, typer.Option("--precision", help="fp32, or bf16 (autocast; for GPUs).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder or over a file "
                                          "(files of other names are kept).")]
@@ -44,6 +42,7 @@ def sample(
     res: Res = None,
     raw: Raw = False,
     device: Device = "auto",
+    threads: Threads = None,
     precision: Precision = "fp32",
 ) -> None:
     """Write images of a trained generator: numbered PNGs, an .npz array or a contact sheet."""
@@ -51,7 +50,7 @@ def sample(
 
     indices = sampling.pick_images(n, seeds, seed)
     folder, npz = sampling.sample_outputs(out, fmt, grid, cols, overwrite)
-    gen, res = _load(source, device, raw, precision, res)
+    gen, res = _load(source, device, threads, raw, precision, res)
     if grid is not None:
         sampling.check_grid_size(len(indices), sampling.grid_cols(len(indices), cols), res)
     _say_what(gen, f"{len(indices)} images of set {seed}", res)
@@ -85,6 +84,7 @@ def interpolate(
     raw: Raw = False,
     res: Res = None,
     device: Device = "auto",
+    threads: Threads = None,
     precision: Precision = "fp32",
 ) -> None:
     """A walk through the latent space as a GIF, an MP4 or PNG frames."""
@@ -106,7 +106,7 @@ def interpolate(
         raise UsageError("--smooth takes a positive SIGMA in seconds, and --seconds must make at least one frame")
     if fps < 1 or zoom < 1:
         raise UsageError("--fps and --zoom take whole numbers of 1 or more")
-    gen, res = _load(source, device, raw, precision, res)
+    gen, res = _load(source, device, threads, raw, precision, res)
     walk = (sampling.walk_latents(gen, seed, cols * rows, smooth=smooth, seconds=seconds or 60.0, fps=fps)
             if smooth is not None else
             sampling.walk_latents(gen, seed, cols * rows, keyframes=keyframes, frames=frames or 30))
@@ -140,11 +140,11 @@ def export(
     print(path)
 
 
-def _load(source: Path, device: str, raw: bool, precision: str, res: int | None):
+def _load(source: Path, device: str, threads: int | None, raw: bool, precision: str, res: int | None):
     """The generator on its device and the resolution to render, checked against how far the run grew."""
     from progan_cli.sampling import load_generator
 
-    gen = load_generator(source, resolve_device(device), raw=raw, precision=precision)
+    gen = load_generator(source, setup_device(device, threads), raw=raw, precision=precision)
     return gen, gen.check_res(res)
 
 

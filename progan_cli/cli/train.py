@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, parse_grid
+from progan_cli.cli.common import Threads, err_console, parse_grid
 
 RUNS_DIR = Path("runs")
 
@@ -46,6 +46,7 @@ def train(
     mirror: Optional[bool] = typer.Option(None, "--mirror/--no-mirror", help="Random horizontal flips [on]."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, latents and data order [0]."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [2]."),
+    threads: Threads = None,
     metrics: Optional[str] = typer.Option(None, help="Metrics at snapshot ticks, e.g. fid10k,swd."),
     tick_kimg: Optional[float] = typer.Option(None, help="Thousands of images per tick (log line, samples) [20]."),
     snapshot_ticks: Optional[int] = typer.Option(None, help="Ticks between checkpoints [10]."),
@@ -58,6 +59,7 @@ def train(
     from rich.markup import escape
 
     from progan_cli.checkpoints import load_checkpoint
+    from progan_cli.devices import use_threads
     from progan_cli.config import TrainConfig, parse_minibatch, resumed_config
     from progan_cli.data.dataset import find_pyramid
     from progan_cli.errors import UsageError
@@ -121,6 +123,7 @@ def train(
     check_batch_split(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's; before joining the group
     dist, note = init_distributed(cfg.device)
     try:
+        threads = use_threads(threads, reserved=cfg.workers)
         if note and dist.is_main:
             err_console.print(note)
         callback = None
@@ -130,7 +133,8 @@ def train(
             callback = make_training_metrics(list(cfg.metrics), Path(cfg.data), cfg.target, dist.device,
                                              seed=cfg.seed)
         if dist.is_main:
-            err_console.print(f"run folder {run_dir}; {dist.world} process(es) on {dist.device}; "
+            err_console.print(f"run folder {run_dir}; {dist.world} process(es) on {dist.device}, {threads} CPU "
+                              f"thread(s) each beside {cfg.workers} DataLoader worker(s) (--threads to change); "
                               f"{cfg.end_kimg:g} kimg to {cfg.target}x{cfg.target}", soft_wrap=True)
         notify = err_console.print if dist.is_main else lambda text: None
         with SignalRequests(notify) as signals, _LiveDisplay(enabled=dist.is_main) as display:
