@@ -48,6 +48,31 @@ def schedule_at(cur_nimg: int, cfg: TrainConfig) -> Schedule:
                     phase="stable" if alpha == 1.0 else "fade")
 
 
+@dataclass(frozen=True)
+class PhaseSpan:
+    """One phase of the schedule: `res` trained alone ("stable") or fading in ("fade"), over [start, end) kimg."""
+
+    res: int
+    phase: str
+    start_kimg: float
+    end_kimg: float
+
+
+def phase_spans(cfg: TrainConfig) -> list[PhaseSpan]:
+    """The schedule's phases in order, up to cfg.end_kimg: resolution k (4 * 2^k) fades in over
+    [(k-1) P + stable, k P) and trains alone over [k P, k P + stable), P = stable + fade; the target trains on
+    until the end. Plots shade these; `schedule_at` gives the same answer at every point inside them."""
+    period = cfg.stable_kimg + cfg.fade_kimg
+    spans = []
+    for k, res in enumerate(cfg.resolutions):
+        if k > 0:
+            spans.append(PhaseSpan(res, "fade", (k - 1) * period + cfg.stable_kimg, k * period))
+        end = cfg.end_kimg if res == cfg.target else k * period + cfg.stable_kimg
+        spans.append(PhaseSpan(res, "stable", k * period, end))
+    return [PhaseSpan(s.res, s.phase, s.start_kimg, min(s.end_kimg, cfg.end_kimg))
+            for s in spans if s.start_kimg < cfg.end_kimg]
+
+
 def adam_reset_needed(prev_lod: float, lod: float) -> bool:
     """Official `reset_opt_for_new_lod`: Adam starts afresh when floor(lod) or ceil(lod) changes.
 
