@@ -24,9 +24,11 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gradient penalty", ("gp", "r1", "grad_norm", "drift")),
     ("images/s", ("img_per_s",)),
 )
-# Log fields that describe the schedule or the machine, not the run's progress: never a curve.
-NOT_CURVES = frozenset({"tick", "kimg", "res", "lod", "alpha", "phase", "minibatch", "lr", "sec_per_kimg",
-                        "sec_per_tick", "total_sec", "mem_gb"})
+# Log fields that describe the schedule or the clock, not the run's progress: never a curve here.
+SCHEDULE_FIELDS = frozenset({"res", "lod", "alpha", "minibatch", "lr"})
+CLOCK_FIELDS = frozenset({"sec_per_kimg", "sec_per_tick", "total_sec", "mem_gb"})
+NOT_CURVES = SCHEDULE_FIELDS | CLOCK_FIELDS | {"tick", "kimg", "phase"}
+_PANEL_OF = {field: title for title, fields in PANELS for field in fields}
 FORMATS = (".png", ".svg", ".pdf")
 
 
@@ -116,11 +118,19 @@ def check_figure(out: Path) -> Path:
     return out
 
 
+def field_group(field: str) -> str:
+    """The group a log field belongs to: its panel's title, "schedule", "clock" or "metrics" (anything else
+    numeric: fid10k, swd, swd/16, ...)."""
+    if field in _PANEL_OF:
+        return _PANEL_OF[field]
+    return "schedule" if field in SCHEDULE_FIELDS else "clock" if field in CLOCK_FIELDS else "metrics"
+
+
 def metric_fields(runs: list[RunCurves]) -> list[str]:
     """The metrics logged by any run (fid10k, swd, ...), one panel each; per-level SWD and IS's std stay in
     the JSON only."""
-    panel_fields = {f for _, fields in PANELS for f in fields}
-    found = {k for r in runs for k in r.series if k not in panel_fields and "/" not in k and not k.endswith("_std")}
+    found = {k for r in runs for k in r.series
+             if field_group(k) == "metrics" and "/" not in k and not k.endswith("_std")}
     return sorted(found)
 
 

@@ -53,6 +53,8 @@ def train(
     metrics_ticks: Optional[int] = typer.Option(None, help="Ticks between metric evaluations [10]."),
     keep: Optional[int] = typer.Option(None, help="Checkpoints to keep, newest first [5]."),
     grid: Optional[str] = typer.Option(None, help="Sample grid as COLSxROWS [fits 1920x1080 at the target]."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write each tick's log line as TensorBoard "
+                                     "scalars in the run folder (the optional 'tensorboard' extra)."),
 ) -> None:
     """Train a progressive GAN from 4x4 to --target; SIGINT/SIGTERM write a checkpoint, then exit (130/143);
     SIGUSR1 writes one and goes on."""
@@ -115,6 +117,10 @@ def train(
                                                                           or any(run_dir.iterdir())):
             raise UsageError(f"{run_dir} already holds files; continue it with --resume {run_dir} or pick "
                              "another --out")
+    if tensorboard:
+        from progan_cli.tensorboard_log import check_tensorboard
+
+        check_tensorboard()
     data_key = check_data(cfg)
     warning = (check_resumed_data(checkpoint.get("data"), data_key, data is not None, run_dir)
                if checkpoint is not None else None)
@@ -122,6 +128,7 @@ def train(
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     check_batch_split(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's; before joining the group
     dist, note = init_distributed(cfg.device)
+    board = None
     try:
         threads = use_threads(threads, reserved=cfg.workers)
         if note and dist.is_main:
@@ -136,12 +143,24 @@ def train(
             err_console.print(f"run folder {run_dir}; {dist.world} process(es) on {dist.device}, {threads} CPU "
                               f"thread(s) each beside {cfg.workers} DataLoader worker(s) (--threads to change); "
                               f"{cfg.end_kimg:g} kimg to {cfg.target}x{cfg.target}", soft_wrap=True)
+        if tensorboard and dist.is_main:
+            from progan_cli.tensorboard_log import TensorBoardLog
+
+            board = TensorBoardLog(run_dir, checkpoint["progress"]["cur_nimg"] if checkpoint else None)
         notify = err_console.print if dist.is_main else lambda text: None
         with SignalRequests(notify) as signals, _LiveDisplay(enabled=dist.is_main) as display:
+
+            def on_progress(p, line: dict | None) -> None:  # rank 0 only; `line` when a tick has just ended
+                display.update(p, line)
+                if board is not None and line is not None:
+                    board(line)
+
             state = training_loop(cfg, run_dir, resume=checkpoint, dist=dist, metrics=callback,
                                   stop=signals.stop_requested, checkpoint_now=signals.checkpoint_requested,
-                                  on_progress=display.update)
+                                  on_progress=on_progress)
     finally:
+        if board is not None:
+            board.close()
         dist.close()
     if dist.is_main:
         if state.stopped:
