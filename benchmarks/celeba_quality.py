@@ -142,7 +142,7 @@ def main() -> None:
     from progan_cli.metrics.in_training import make_training_metrics
     from progan_cli.metrics.sources import PyramidSource
     from progan_cli.metrics.swd import compute_swd
-    from progan_cli.networks import build_networks
+    from progan_cli.networks import untrained_generator
 
     # Data: the first photos train, the last ones are the metric reals (disjoint people mostly, as in
     # CelebA's own split by file number).
@@ -170,9 +170,7 @@ def main() -> None:
     swd_reals = torch.from_numpy(heldout_images[:n_swd]).permute(0, 3, 1, 2)
     floor_swd = compute_swd(torch.from_numpy(train_images[:n_swd]).permute(0, 3, 1, 2), swd_reals, seed=args.seed)
     rows.append({"row": "real vs real", "kimg": None, "fid": floor_fid, "swd": floor_swd["mean"]})
-    torch.manual_seed(cfg.seed)
-    untrained, _ = build_networks(cfg)
-    values = score(untrained.eval().requires_grad_(False), TARGET)
+    values = score(untrained_generator(cfg), TARGET)
     rows.append({"row": "untrained", "kimg": 0.0, "fid": values[names[0]], "swd": values[names[1]]})
     score_sec = time.time() - t0
     log(f"references: real vs real FID {floor_fid:.2f} SWD {floor_swd['mean']:.2f}; untrained FID "

@@ -39,3 +39,23 @@ def test_paper_ema_beside_the_default_equals_a_paper_run(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(default.nets.G_ema.state_dict().values(),
                                                      paper.nets.G_ema.state_dict().values()))
     assert load_checkpoint(tmp_path / "paper")["config"]["ema_decay"] == 0.999
+
+
+def test_untrained_generator_is_the_one_a_run_starts_from(tmp_path):
+    """PaperEMA with decay 1 never moves from its copy of G at the first step: the run's initial G."""
+    import celeba_quality
+    from progan_cli.networks import untrained_generator
+    from progan_cli.training.loop import training_loop
+
+    data = photo_pyramid(tmp_path / "p.h5", 4)
+    cfg = TrainConfig(data=str(data), target=4, fmap_base=64, fmap_max=16, latent_size=8, device="cpu", workers=0,
+                      total_kimg=0.016, minibatch={4: 8}, tick_kimg=0.016, seed=3)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    with celeba_quality.PaperEMA(1.0) as first:
+        training_loop(cfg, tmp_path / "run")
+    torch.manual_seed(123)
+    G = untrained_generator(cfg)
+    assert torch.equal(torch.rand(3), before)  # the caller's RNG is untouched
+    for a, b in zip(G.state_dict().values(), first.G_ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

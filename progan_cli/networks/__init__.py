@@ -10,7 +10,7 @@ from progan_cli.networks.generator import Generator
 if TYPE_CHECKING:
     from progan_cli.config import TrainConfig
 
-__all__ = ["Discriminator", "Generator", "build_networks"]
+__all__ = ["Discriminator", "Generator", "build_networks", "untrained_generator"]
 
 
 def build_networks(cfg: TrainConfig) -> tuple[Generator, Discriminator]:
@@ -19,3 +19,14 @@ def build_networks(cfg: TrainConfig) -> tuple[Generator, Discriminator]:
     D = Discriminator(cfg.target, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max,
                       mbstd_group_size=cfg.mbstd_group_size)
     return G, D
+
+
+def untrained_generator(cfg: TrainConfig) -> Generator:
+    """The G a run of `cfg` starts from (`training_loop` seeds torch with cfg.seed, then builds): the baseline a
+    trained generator's scores are compared with. The caller's RNG is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        G, _ = build_networks(cfg)
+    return G.requires_grad_(False).eval()
