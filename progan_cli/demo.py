@@ -146,7 +146,8 @@ def run_demo(out: Path | None = None, quick: bool = False, device: str = "cpu",
     # 1. Face detection and alignment (`progan prep photos/`): MTCNN on the NASA portrait.
     photos = folder / "photos"
     photos.mkdir()
-    shutil.copyfile(astronaut, photos / astronaut.name)
+    with atomic_write(photos / astronaut.name) as tmp:
+        shutil.copyfile(astronaut, tmp)
     detected = run_prep(list_sources(photos), folder / "astronaut.h5", PrepOptions(target=64, crop="align"),
                         device=str(dev), workers=1)
     with Pyramid(detected.out) as pyr:
