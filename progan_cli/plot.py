@@ -126,12 +126,15 @@ def field_group(field: str) -> str:
     return "schedule" if field in SCHEDULE_FIELDS else "clock" if field in CLOCK_FIELDS else "metrics"
 
 
-def metric_fields(runs: list[RunCurves]) -> list[str]:
-    """The metrics logged by any run (fid10k, swd, ...), one panel each; per-level SWD and IS's std stay in
-    the JSON only."""
-    found = {k for r in runs for k in r.series
-             if field_group(k) == "metrics" and "/" not in k and not k.endswith("_std")}
-    return sorted(found)
+def metric_panels(runs: list[RunCurves]) -> list[tuple[str, tuple[str, ...]]]:
+    """One panel per metric logged by any run, named by the metric (fid10k, swd, ...); fields that extend a
+    name after "_" share its panel (pr10k_precision and pr10k_recall; fid1000 and fid1000_paper_ema).
+    Per-level SWD (swd/16) and the spreads (_std) stay in the JSON only."""
+    panels: dict[str, list[str]] = {}
+    for field in sorted({k for r in runs for k in r.series}):
+        if field_group(field) == "metrics" and "/" not in field and not field.endswith("_std"):
+            panels.setdefault(field.split("_")[0], []).append(field)
+    return [(name, tuple(fields)) for name, fields in sorted(panels.items())]
 
 
 def render(runs: list[RunCurves], out: Path) -> Path:
@@ -144,7 +147,7 @@ def render(runs: list[RunCurves], out: Path) -> Path:
     from matplotlib.figure import Figure
 
     panels = [(title, fields) for title, fields in PANELS if any(f in r.series for r in runs for f in fields)]
-    panels += [(name, (name,)) for name in metric_fields(runs)]
+    panels += metric_panels(runs)
     fig = Figure(figsize=(10, 2.1 * len(panels) + 0.8), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     end = max(max(xs) for r in runs for xs, _ in r.series.values())

@@ -163,3 +163,13 @@ def test_bad_input_fails_in_one_line(tmp_path, args, needle):
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], \
         result.output
+
+
+def test_metric_panels_group_a_name_and_its_extensions():
+    from progan_cli.plot import RunCurves, metric_panels
+
+    series = {k: ([1.0], [1.0]) for k in ("loss_D", "fid1000", "fid1000_paper_ema", "pr10k_precision",
+                                          "pr10k_recall", "swd", "swd/16", "kid10k", "kid10k_std", "lod")}
+    assert metric_panels([RunCurves("r", "r", series, [])]) == [
+        ("fid1000", ("fid1000", "fid1000_paper_ema")), ("kid10k", ("kid10k",)),
+        ("pr10k", ("pr10k_precision", "pr10k_recall")), ("swd", ("swd",))]
