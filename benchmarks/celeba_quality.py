@@ -33,7 +33,11 @@ minibatch 64: 0.8 ms at 4x4, 2.6 ms at 8x8, 5.6 ms at 16x16, 9.1 ms at 32x32; In
 full schedule is ~2,100 CPU-seconds of training, i.e. about 25-35 minutes on two quiet cores, and scoring
 (4 points x 2 G_ema x 1,000 images, plus 3,000 reference images, through Inception) about as much again.
 These are estimates from per-step CPU times taken while other jobs loaded the machine (load ~12); the full
-run has not been timed here. `--quick` took QUICK_TIME (see the report) on the same loaded machine.
+run has not been timed here. `--quick` (2 kimg, 32 generated images for FID, 128 for SWD) took 4.6 minutes
+wall, 2.8 CPU-minutes, with `--threads 1` at load ~6-7, and 7.8 minutes (5.1 CPU-minutes) with the default
+2 threads at the same load: on a busy machine two threads spin against each other (training alone 0.6 vs
+3.9 minutes), so pass `--threads 1` there. On an idle machine expect `--quick` to take about two minutes,
+most of it Inception.
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of celeba-half JPEGs")
     parser.add_argument("--out", type=Path, help="output folder (new or empty)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (~1-2 minutes)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads; 1 on a machine shared with other jobs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fmap-base", type=int, default=256)
