@@ -38,8 +38,8 @@ SEED = 0
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much the demo trains and scores: `full` for people (about two minutes of training on a CPU),
-    `quick` for CI (under a minute)."""
+    """How much the demo trains and scores: `full` for people (2.5 minutes of training on one CPU core),
+    `quick` for CI (about one minute)."""
 
     stable_kimg: float
     fade_kimg: float
@@ -221,8 +221,9 @@ def run_demo(out: Path | None = None, quick: bool = False, device: str = "cpu",
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """Train the tiny networks on one thread: a second one gains nothing at these widths, and on a busy machine
-    two threads spin against each other (measured here, load ~10-12: the full demo's kind of run took 86
-    CPU-seconds for 12 kimg on one thread, and 150 CPU-seconds for its first 2 kimg on two)."""
+    two threads spin against each other. Measured here, 3 kimg of the demo's run: 29-31 s on one thread,
+    27-29 s (twice the CPU time) on two at load ~1.5; at load ~10-12 a 12 kimg run took 86 CPU-seconds on
+    one thread, while on two it had used 150 CPU-seconds for its first 2 kimg."""
     import torch
 
     before = torch.get_num_threads()
