@@ -33,11 +33,10 @@ minibatch 64: 0.8 ms at 4x4, 2.6 ms at 8x8, 5.6 ms at 16x16, 9.1 ms at 32x32; In
 full schedule is ~2,100 CPU-seconds of training, i.e. about 25-35 minutes on two quiet cores, and scoring
 (4 points x 2 G_ema x 1,000 images, plus 3,000 reference images, through Inception) about as much again.
 These are estimates from per-step CPU times taken while other jobs loaded the machine (load ~12); the full
-run has not been timed here. `--quick` (2 kimg, 32 generated images for FID, 128 for SWD) took 4.6 minutes
-wall, 2.8 CPU-minutes, with `--threads 1` at load ~6-7, and 7.8 minutes (5.1 CPU-minutes) with the default
-2 threads at the same load: on a busy machine two threads spin against each other (training alone 0.6 vs
-3.9 minutes), so pass `--threads 1` there. On an idle machine expect `--quick` to take about two minutes,
-most of it Inception.
+run has not been timed here. `--quick` (2 kimg, 32 generated images for FID, 128 for SWD) took 76 s wall
+(training 0.3 min, scoring 0.8 min) with the default 2 threads at load ~1.5. At load ~6-7 it took 7.8 minutes
+with 2 threads but 4.6 with `--threads 1`: on a busy machine two threads spin against each other (training
+alone 3.9 vs 0.6 minutes), so pass `--threads 1` there.
 """
 
 from __future__ import annotations
