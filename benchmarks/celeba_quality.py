@@ -30,8 +30,9 @@ on stdout, progress on stderr.
 
 Costs measured on this 2-core CPU (one thread, CPU time per image of a training step at these widths,
 minibatch 64: 0.8 ms at 4x4, 2.6 ms at 8x8, 5.6 ms at 16x16, 9.1 ms at 32x32; Inception pool3 150 ms): the
-full schedule is ~2,100 CPU-seconds of training, i.e. about 25-35 minutes on two quiet cores, and scoring
-(4 points x 2 G_ema x 1,000 images, plus 3,000 reference images, through Inception) about as much again.
+full schedule is ~2,100 CPU-seconds of training, i.e. about 30-35 minutes on a quiet machine (a second thread
+gains little at these widths), and scoring (4 points x 2 G_ema x 1,000 images plus 3,000 reference images,
+~11,000 through Inception) about 15-25 minutes more.
 These are estimates from per-step CPU times taken while other jobs loaded the machine (load ~12); the full
 run has not been timed here. `--quick` (2 kimg, 32 generated images for FID, 128 for SWD) took 76 s wall
 (training 0.3 min, scoring 0.8 min) with the default 2 threads at load ~1.5. At load ~6-7 it took 7.8 minutes
