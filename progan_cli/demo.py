@@ -119,11 +119,12 @@ def write_lfw_faces(folder: Path) -> list[Path]:
     return paths
 
 
-def run_demo(out: Path | None = None, quick: bool = False, device: str = "cpu",
+def run_demo(out: Path | None = None, quick: bool = False, device: str = "cpu", train_threads: int = 1,
              say: Callable[[str], None] = lambda text: None,
              on_progress: Callable[[Any, dict | None], None] | None = None) -> DemoResult:
-    """Run every step into one new folder and return the table and the files. `say` gets one line per step;
-    `on_progress` is the training loop's live-display hook."""
+    """Run every step into one new folder and return the table and the files. Training runs on
+    `train_threads` CPU threads (see `_threads`), the rest on torch's current setting. `say` gets one line per
+    step; `on_progress` is the training loop's live-display hook."""
     import torch
 
     from progan_cli.config import TrainConfig
@@ -177,7 +178,7 @@ def run_demo(out: Path | None = None, quick: bool = False, device: str = "cpu",
     say(f"train: 4x4 -> {TARGET}x{TARGET}, {size.total_kimg:g} kimg (widths fmap_base {size.fmap_base}, "
         f"fmap_max {size.fmap_max}, latent {size.latent_size})")
     t0 = time.perf_counter()
-    with _one_thread():
+    with _threads(train_threads):
         training_loop(cfg, run, on_progress=on_progress)
     train_sec = time.perf_counter() - t0
     result.files["run folder (config, log, checkpoint)"] = run
@@ -219,15 +220,15 @@ def run_demo(out: Path | None = None, quick: bool = False, device: str = "cpu",
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """Train the tiny networks on one thread: a second one gains nothing at these widths, and on a busy machine
-    two threads spin against each other. Measured here, 3 kimg of the demo's run: 29-31 s on one thread,
+def _threads(count: int) -> Iterator[None]:
+    """Train the tiny networks on `count` threads, one by default: a second one gains nothing at these widths,
+    and on a busy machine two threads spin against each other. Measured here, 3 kimg of the demo's run: 29-31 s on one thread,
     27-29 s (twice the CPU time) on two at load ~1.5; at load ~10-12 a 12 kimg run took 86 CPU-seconds on
     one thread, while on two it had used 150 CPU-seconds for its first 2 kimg."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:

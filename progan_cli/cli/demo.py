@@ -7,15 +7,15 @@ from typing import Optional
 
 import typer
 
-from progan_cli.cli.common import err_console, print_json
-from progan_cli.devices import DEVICE_HELP
+from progan_cli.cli.common import Device, Threads, err_console, print_json, setup_device
 
 
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="A new folder for everything [progan-demo here, "
                                        "or progan-demo-2, ... when taken]."),
     quick: bool = typer.Option(False, "--quick", help="Train a third as long and score fewer images (CI)."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: Device = "auto",
+    threads: Threads = None,
     json_out: bool = typer.Option(False, "--json", help="Print the table and the files as JSON."),
 ) -> None:
     """Prep (face detection, --crop square), train 4x4 -> 16x16, sample, interpolate and score, end to end."""
@@ -29,7 +29,8 @@ def demo(
             say(f"  tick {line['tick']}: kimg {line['kimg']:.1f}/{p.end_kimg:g}  {line['res']}x{line['res']} "
                 f"{line['phase']}  {line['img_per_s']:.0f} img/s  loss_D {line['loss_D']:.2f}")
 
-    result = run_demo(out, quick=quick, device=device, say=say, on_progress=on_tick)
+    dev = setup_device(device, threads)
+    result = run_demo(out, quick=quick, device=str(dev), train_threads=threads or 1, say=say, on_progress=on_tick)
     if json_out:
         print_json({"folder": str(result.folder), "table": dict(result.rows), "swd": result.swd,
                     "fid": result.fid, "files": {k: str(v) for k, v in result.files.items()},
