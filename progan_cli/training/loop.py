@@ -34,7 +34,7 @@ from progan_cli.files import atomic_write
 from progan_cli.images import save_grid
 from progan_cli.devices import resolve_device, tf32
 from progan_cli.networks import build_networks
-from progan_cli.sampling import latents
+from progan_cli.networks.latents import latents
 from progan_cli.training.distributed import Distributed, split_batch
 from progan_cli.training.rng import rng_state, set_rng_state
 from progan_cli.training.schedule import Schedule, adam_reset_needed, eta_seconds, schedule_at
