@@ -4,7 +4,7 @@ A checkpoint is one `torch.save` dict of tensors and plain values (so `torch.loa
 it): the format tag, the run's config, the state dicts of G, D, G_ema and both Adams, the training progress
 (images shown, tick, the lod of the last schedule update, the running sums of the current tick) and every
 RNG state (torch CPU and CUDA). The data order needs no state of its own: it is a pure function of the seed
-and the number of images shown (see training/loop.py).
+and the number of images shown (see data/stream.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from progan_cli.files import atomic_write
 FORMAT = "progan-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
+REQUIRED = ("config", "G", "D", "G_ema", "opt_G", "opt_D", "progress", "tick_sums", "rng")
 _NAME = re.compile(r"^ckpt-\d{6}(\.\d{3})?\.pt$")
 
 
@@ -82,9 +83,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a progan checkpoint")
-    if state["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is newer than this "
-                              f"progan reads ({FORMAT_VERSION}); upgrade progan")
+    version = state.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: a damaged progan checkpoint (no format version)")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this progan reads "
+                              f"({FORMAT_VERSION}); upgrade progan")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: a damaged progan checkpoint (no {missing[0]!r})")
     state["path"] = str(path)
     return state
 

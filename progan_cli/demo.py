@@ -134,10 +134,12 @@ def run_demo(out: Path | None = None, quick: bool = False, device: str = "cpu", 
     from progan_cli.images import save_grid
     from progan_cli.metrics.swd import compute_swd
     from progan_cli.networks import untrained_generator
-    from progan_cli.training.loop import check_data, training_loop
+    from progan_cli.data.stream import check_data
+    from progan_cli.training.loop import training_loop
 
     size = SIZES["quick" if quick else "full"]
-    astronaut, lfw = skimage_file(ASTRONAUT), skimage_file(LFW)  # both found before any work
+    astronaut = skimage_file(ASTRONAUT)
+    skimage_file(LFW)  # both found before any work
     folder = demo_folder(out)
     dev = resolve_device(device)
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """The reals D sees during a fade, against hand numbers and a NumPy re-implementation of the official rule:
-REFERENCE.md (official train.py) fades reals as lerp(x, up(down(x)), lod - floor(lod)) with down = 2x2 box
+the official train.py (process_reals) fades reals as lerp(x, up(down(x)), lod - floor(lod)) with down = 2x2 box
 average and up = nearest x2; with alpha = 1 - frac(lod) that is alpha * x + (1 - alpha) * up(down(x))."""
 
 from __future__ import annotations
@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-# fade_reals is moving from training/loop.py to data/stream.py (issue 10); either home is its public one
-# while the move is in flight. Drop the fallback once the move has landed.
-try:
-    from progan_cli.data.stream import fade_reals
-except ImportError:
-    from progan_cli.training.loop import fade_reals
+from progan_cli.data.stream import fade_reals
 
 
 def _numpy_fade(x: np.ndarray, alpha: float) -> np.ndarray:

@@ -36,3 +36,8 @@ def make_training_metrics(names: list[str], data: Path, res: int, device: torch.
         return out
 
     return callback
+
+
+def run_metrics(cfg, device: torch.device | str) -> Callable[[torch.nn.Module, int], dict[str, float]]:
+    """The callback for a run's own `--metrics` (a TrainConfig's metrics, data, target and seed)."""
+    return make_training_metrics(list(cfg.metrics), Path(cfg.data), cfg.target, device, seed=cfg.seed)

@@ -7,9 +7,8 @@ We do not wrap the networks in DistributedDataParallel: the WGAN-GP step runs D 
 differentiates through a gradient (create_graph), and at low resolutions most parameters get no gradient at
 all; DDP's per-parameter hooks handle neither well, a flat all-reduce of the gradients that exist does.
 
-The global batch is split by stride (rank r takes samples r, r + world, ...), not in contiguous halves:
-minibatch stddev groups sample i with the samples i mod (N / 4), so a strided split keeps every group on
-one rank with exactly the members it has in a single process of the same global batch.
+The global batch is split by stride (rank r takes samples r, r + world, ...; `data.stream.split_batch` says
+why), for the reals and the latents alike.
 """
 
 from __future__ import annotations
@@ -125,8 +124,3 @@ def check_batch_split(cfg: TrainConfig, world: int) -> None:
             raise UsageError(f"the {res}x{res} minibatch per process ({local}) is not a multiple of the "
                              f"minibatch-stddev group size {group}; pass --minibatch with multiples of "
                              f"{group * world}")
-
-
-def split_batch(global_batch: int, rank: int, world: int) -> range:
-    """Positions within a global minibatch that `rank` takes: rank, rank + world, ... (see module docstring)."""
-    return range(rank, global_batch, world)

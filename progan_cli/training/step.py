@@ -42,7 +42,7 @@ class StepContext:
         """This rank's share of a global batch of latents.
 
         Every rank draws the whole global batch from the same RNG stream and keeps rows rank::world, so the
-        ranks together see exactly the latents a single process would (see `distributed.split_batch`).
+        ranks together see exactly the latents a single process would (see `data.stream.split_batch`).
         """
         z = torch.randn(local_batch * self.world, self.latent_size, device=device)
         return z[self.rank :: self.world]
