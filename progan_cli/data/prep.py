@@ -42,6 +42,7 @@ from progan_cli.data.pyramid import FaceMeta, PyramidWriter, resolutions_up_to
 from progan_cli.errors import DataError, ProganError, UsageError
 from progan_cli.files import atomic_write
 from progan_cli.prefetch import prefetch_batches
+from progan_cli.resolutions import is_resolution
 
 # Detection runs on a copy whose long side is at most this; faces are cropped from the full photo.
 # A 20 px face at this size is ~90 px in a 4600 px photo: smaller faces would be upscaled for any target
@@ -76,7 +77,7 @@ class PrepOptions:
     max_padding: float = 1.0
 
     def validate(self) -> None:
-        if self.target < 4 or self.target > 1024 or self.target & (self.target - 1):
+        if not is_resolution(self.target):
             raise UsageError(f"--target must be a power of two from 4 to 1024, not {self.target}")
         if self.crop not in CROPS:
             raise UsageError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")

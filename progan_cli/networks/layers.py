@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progan_cli.resolutions import is_resolution
+
 LRELU_SLOPE = 0.2
 SQRT2 = math.sqrt(2.0)
 
@@ -155,7 +157,7 @@ def block_widths(resolution: int, fmap_base: int, fmap_max: int) -> list[int]:
 
 def stage_of(res: int, resolution: int) -> int:
     """Index of the block that works at `res` (0 for 4x4); ValueError unless res is 4, 8, ..., resolution."""
-    if res < 4 or res > resolution or res & (res - 1):
+    if not is_resolution(res, hi=resolution):
         raise ValueError(f"resolution {res} is not a power of two between 4 and {resolution}")
     return res.bit_length() - 3
 
