@@ -40,7 +40,7 @@ def test_celeba_full_aligned_at_every_level(tmp_path):
             assert pyr.images(res).shape == (32, res, res, 3)
         quads = pyr.meta("quad")
         sides = np.hypot(*(quads[:, 3] - quads[:, 0]).T)
-        assert 130 < sides.min() and sides.max() < 200  # REFERENCE.md: 140-184 px on these photos
+        assert 130 < sides.min() and sides.max() < 200  # the CelebA-HQ quad on mtcnn's landmarks: 140-184 px here
         assert np.all(pyr.meta("confidence") >= 0.8)
         # The lower levels are the box-average chain of the stored top level.
         expected = build_levels(pyr.images(128))

@@ -1,4 +1,5 @@
-"""ProGAN discriminator (Karras et al. 2018, table 2 and section 3; official networks.py D_paper)."""
+"""ProGAN discriminator (Karras et al. 2018, table 2; progressive growing in section 2, minibatch stddev in
+section 3; official networks.py D_paper)."""
 
 from __future__ import annotations
 

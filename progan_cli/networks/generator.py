@@ -1,4 +1,4 @@
-"""ProGAN generator (Karras et al. 2018, table 2 and section 3; official networks.py G_paper)."""
+"""ProGAN generator (Karras et al. 2018, table 2, progressive growing in section 2; official networks.py G_paper)."""
 
 from __future__ import annotations
 

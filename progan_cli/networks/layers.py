@@ -172,5 +172,5 @@ def is_fading(alpha: float | torch.Tensor) -> bool:
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    """a + (b - a) * alpha: alpha = 1 gives the newest block's path (the fade-in of section 3)."""
+    """a + (b - a) * alpha: alpha = 1 gives the newest block's path (the fade-in of section 2)."""
     return a + (b - a) * alpha
