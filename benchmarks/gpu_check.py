@@ -14,7 +14,7 @@ folder, then, each stage timed and reported even when another fails:
 2. training speed: images/s of whole training steps (`benchmarks/train_speed.py`: D step with the WGAN-GP
    penalty, G step, Adam, EMA; stable phase, random reals, default widths, the official minibatch) at 32, 64
    and 128, fp32, tf32 and bf16 (the training loop's --precision policy), and the share of the
-   H200's bf16 peak (~790 TFLOP/s) from the FLOPs per image in REFERENCE.md;
+   H200's bf16 peak (~790 TFLOP/s) from the FLOPs per image of a step (counted on the meta device);
 3. prep: `progan prep` images/s with detection (MTCNN) on 320 CelebA photos and on the fixture photos (eight
    sizes), and with the centre crop on 10,000 listed celeba-half photos (the reals of the next stages);
 4. a bf16 training run to 64x64 with short phases, stopped by SIGINT after ~70 s and resumed for ~30 s: the
@@ -58,7 +58,7 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 GPU_TESTS = ("tests/test_layers.py", "tests/test_swd.py", "tests/test_mtcnn.py", "tests/test_prep.py",
              "tests/test_files_devices.py", "tests/test_networks.py", "tests/test_loss.py",
              "tests/test_metric_sources.py")
-FLOPS_PER_IMAGE = {32: 167e9, 64: 331e9, 128: 495e9}  # REFERENCE.md: one training step, default widths
+FLOPS_PER_IMAGE = {32: 167e9, 64: 331e9, 128: 495e9}  # one training step, default widths (meta-device count)
 BF16_PEAK = 790e12  # H200, dense bf16 matrix products (measured 769-798 TFLOP/s on the device machine)
 FIXTURE_PHOTOS = ROOT / "tests" / "fixtures" / "photos"
 

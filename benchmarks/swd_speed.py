@@ -1,5 +1,6 @@
 """SWD speed: progan's `compute_swd` against the plain numpy/scipy implementation of the official steps
-(`swd_numpy.py`), side by side in one run, on the same CelebA images and the same random draws.
+(`tests/reference/swd_numpy.py`, the one tests/test_swd.py holds it to), side by side in one run, on the same
+CelebA images and the same random draws.
 
     python3 benchmarks/swd_speed.py                  # 2 x 1024 faces at 64x64 and 128x128
     python3 benchmarks/swd_speed.py --n 256 --sizes 64
@@ -23,10 +24,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from swd_numpy import numpy_swd  # noqa: E402
+from reference.swd_numpy import numpy_swd  # noqa: E402
 
 from progan_cli.metrics.swd import SWDSampler, compute_swd, swd_resolutions  # noqa: E402
 

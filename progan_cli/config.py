@@ -19,13 +19,14 @@ from typing import Any
 
 from progan_cli.errors import UsageError
 from progan_cli.files import atomic_write
+from progan_cli.resolutions import MAX_RESOLUTION, MIN_RESOLUTION, is_resolution
 
 # Official per-resolution minibatch (config.py, sched.minibatch_dict) and learning rate overrides.
 DEFAULT_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 DEFAULT_LR = {1024: 0.0015}
 LOSS_NAMES = ("wgan-gp", "logistic", "lsgan")
 PRECISIONS = ("fp32", "tf32", "bf16")
-_ALL_RESOLUTIONS = tuple(2**k for k in range(2, 11))
+_ALL_RESOLUTIONS = tuple(r for r in range(MIN_RESOLUTION, MAX_RESOLUTION + 1) if is_resolution(r))  # 4, ..., 1024
 # Config fields whose command-line option is not simply --<field-name-with-dashes>.
 _OPTION_NAMES = {"keep_checkpoints": "--keep", "data": "DATA"}
 # Fields with no command-line option (set from Python or in a config.json): messages name the field.
@@ -84,8 +85,7 @@ class TrainConfig:
         """Refuse nonsense at the boundary, naming the option (a bad value otherwise surfaces mid-run as
         a torch traceback: Adam's "Invalid learning rate", a ZeroDivisionError in the batch split, ...)."""
         _check_types(self)
-        _check(self.target >= 4 and self.target <= 1024 and not self.target & (self.target - 1),
-               f"--target {self.target} is not a power of two between 4 and 1024")
+        _check(is_resolution(self.target), f"--target {self.target} is not a power of two between 4 and 1024")
         _check(self.loss in LOSS_NAMES, f"--loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
         _check(self.precision in PRECISIONS, f"--precision {self.precision!r} is not fp32, tf32 or bf16")
         for name in ("stable_kimg", "fade_kimg", "total_kimg", "tick_kimg", "lr", "adam_eps"):

@@ -21,7 +21,7 @@ from progan_cli.files import atomic_write
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss", ("loss_D", "loss_G")),
     ("D score", ("score_real", "score_fake", "score_fake_G")),
-    ("gradient penalty", ("gp", "r1", "grad_norm", "drift")),
+    ("gradient penalty", ("gp", "grad_norm", "drift")),
     ("images/s", ("img_per_s",)),
 )
 # Log fields that describe the schedule or the clock, not the run's progress: never a curve here.

@@ -151,3 +151,29 @@ def run_log(run) -> list[dict]:
 
     lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     return [{k: v for k, v in line.items() if k not in TIMING_FIELDS} for line in lines]
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A feature cache of the test's own (PROGAN_CACHE), so no test reads what another one computed."""
+    monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
+
+
+def image_folder(path: Path, n: int, size: int = 16, seed: int = 0) -> Path:
+    """A new folder of `n` random size x size RGB PNGs (0.png, 1.png, ... sorted by name up to 1000)."""
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i:03d}.png")
+    return path
+
+
+def one_error_line(result, exit_code: int = 1) -> str:
+    """The one `Error: ...` line a command printed on stderr, after checking its exit code."""
+    assert result.exit_code == exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]

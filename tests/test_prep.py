@@ -40,7 +40,7 @@ def test_celeba_full_aligned_at_every_level(tmp_path):
             assert pyr.images(res).shape == (32, res, res, 3)
         quads = pyr.meta("quad")
         sides = np.hypot(*(quads[:, 3] - quads[:, 0]).T)
-        assert 130 < sides.min() and sides.max() < 200  # REFERENCE.md: 140-184 px on these photos
+        assert 130 < sides.min() and sides.max() < 200  # the CelebA-HQ quad on mtcnn's landmarks: 140-184 px here
         assert np.all(pyr.meta("confidence") >= 0.8)
         # The lower levels are the box-average chain of the stored top level.
         expected = build_levels(pyr.images(128))
@@ -353,3 +353,20 @@ def test_bad_input_one_line(tmp_path, args, code, message):
     assert message in result.stderr
     assert (tmp_path / "existing.h5").read_bytes() == b"keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "existing.h5"]  # nothing left behind
+
+
+def test_prep_uses_the_mtcnn_defaults():
+    """PrepOptions writes MTCNN's smallest face and window out (importing data/mtcnn.py imports torch, which a
+    crop without detection never needs): they must stay equal, and a file records the cascade's settings as
+    Zhang et al. 2016 give them (20 px, factor 0.709, thresholds 0.6 / 0.7 / 0.7), the oracle here."""
+    from progan_cli.data import mtcnn
+    from progan_cli.data.prep import MAX_DETECT_SIDE, _detector_attrs
+    from progan_cli.errors import UsageError
+
+    assert PrepOptions().min_face == mtcnn.MIN_FACE == 20
+    PrepOptions(min_face=mtcnn.CELL).validate()
+    with pytest.raises(UsageError, match="at least 12"):
+        PrepOptions(min_face=mtcnn.CELL - 1).validate()
+    assert _detector_attrs(PrepOptions(min_face=30)) == {
+        "name": "mtcnn", "min_face": 30, "scale_factor": 0.709, "thresholds": [0.6, 0.7, 0.7],
+        "max_detect_side": MAX_DETECT_SIDE}

@@ -1,4 +1,4 @@
-"""The progressive schedule against values worked out by hand from the official formula (REFERENCE.md).
+"""The progressive schedule against values worked out by hand from the official formula (train.py, `TrainingSchedule`).
 
 For a 128x128 target, log2(128) - 2 = 5 and a phase is 600 + 600 kimg:
     lod = 5 - phase - max(t - 600, 0) / 600, phase = floor(kimg / 1200), t = kimg - 1200 * phase.

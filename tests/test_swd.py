@@ -21,9 +21,7 @@ from progan_cli.metrics import swd
 from progan_cli.metrics.swd import SWDSampler, compute_swd, compute_swd_batches, describe, swd_distance, swd_resolutions
 
 from conftest import ROOT, shared
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from swd_numpy import numpy_swd  # noqa: E402  (the reference lives beside the benchmark that times it)
+from reference.swd_numpy import numpy_swd
 
 
 def reference(a: torch.Tensor, b: torch.Tensor, sampler: SWDSampler) -> dict[int, float]:

@@ -9,7 +9,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from progan_cli import __version__
@@ -17,29 +16,10 @@ from progan_cli.cli.app import app
 from progan_cli.config import TrainConfig
 from progan_cli.errors import UsageError
 from progan_cli.metrics.inception import PYTORCH_FID_FILE
-from conftest import TINY, photo_pyramid
+from conftest import TINY, image_folder, one_error_line, photo_pyramid
 
 runner = CliRunner()
-
-
-def _one_line(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
-
-
-def _folder(path, n=2, size=16):
-    path.mkdir()
-    rng = np.random.default_rng(len(str(path)))
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i}.png")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_version_prints_and_exits_0():
@@ -63,7 +43,7 @@ def test_train_option_errors_are_one_line_before_any_work(tmp_path, option, need
     tiny = [a for a in TINY if a not in ("--device", "cpu")] if "--device" in option else TINY
     result = runner.invoke(app, ["train", str(data), "--target", "8", *tiny, "--total-kimg", "0.016", *option,
                                  "--out", str(tmp_path / "run")])
-    assert needle in _one_line(result, 2)
+    assert needle in one_error_line(result, 2)
     assert not (tmp_path / "run").exists()
 
 
@@ -99,7 +79,7 @@ def test_a_config_json_with_nonsense_resumes_to_one_line(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     state["config"]["mbstd_group_size"] = 0
     torch.save(state, ckpt)
-    assert "mbstd_group_size 0" in _one_line(runner.invoke(app, ["train", "--resume", str(run),
+    assert "mbstd_group_size 0" in one_error_line(runner.invoke(app, ["train", "--resume", str(run),
                                                                  "--total-kimg", "0.032"]), 2)
 
 
@@ -123,9 +103,9 @@ def _junk_weights(tmp_path) -> dict[str, str]:
 
 
 def test_foreign_weights_files_are_one_line(tmp_path):
-    a, b = _folder(tmp_path / "a"), _folder(tmp_path / "b")
+    a, b = image_folder(tmp_path / "a", 2), image_folder(tmp_path / "b", 2)
     for name, needle in _junk_weights(tmp_path).items():
-        line = _one_line(runner.invoke(app, ["fid", str(a), str(b), "--weights", str(tmp_path / name)]), 1)
+        line = one_error_line(runner.invoke(app, ["fid", str(a), str(b), "--weights", str(tmp_path / name)]), 1)
         assert f"{tmp_path / name}: not a 2015-12-05 FID Inception network" in line and needle in line, line
         assert PYTORCH_FID_FILE in line
 
@@ -134,13 +114,13 @@ def test_a_wrongly_shaped_state_dict_names_the_tensor(tmp_path, pth_weights):  #
     state = torch.load(pth_weights, weights_only=True)
     state["fc.weight"] = torch.zeros(1000, 2048)  # torchvision's 1000 classes
     torch.save(state, tmp_path / "tv.pth")
-    a, b = _folder(tmp_path / "a"), _folder(tmp_path / "b")
-    line = _one_line(runner.invoke(app, ["fid", str(a), str(b), "--weights", str(tmp_path / "tv.pth")]), 1)
+    a, b = image_folder(tmp_path / "a", 2), image_folder(tmp_path / "b", 2)
+    line = one_error_line(runner.invoke(app, ["fid", str(a), str(b), "--weights", str(tmp_path / "tv.pth")]), 1)
     assert "fc.weight is (1000, 2048), the network's is (1008, 2048)" in line
 
 
 def test_foreign_statistics_files_are_one_line(tmp_path):
-    a = _folder(tmp_path / "a")
+    a = image_folder(tmp_path / "a", 2)
     (tmp_path / "junk.npz").write_text("junk")  # numpy alone would explain allow_pickle
     np.save(tmp_path / "single.npy", np.zeros(3))
     (tmp_path / "single.npz").write_bytes((tmp_path / "single.npy").read_bytes())
@@ -153,25 +133,25 @@ def test_foreign_statistics_files_are_one_line(tmp_path):
              "objects.npz": "holds pickled Python objects", "pickle.npz": "not an .npz archive",
              "nan.npz": "NaN or infinite", "text.npz": "'mu' holds <U1 values, not numbers"}
     for name, needle in cases.items():
-        line = _one_line(runner.invoke(app, ["fid", str(tmp_path / name), str(a)]), 1)
+        line = one_error_line(runner.invoke(app, ["fid", str(tmp_path / name), str(a)]), 1)
         assert needle in line and "allow_pickle" not in line, line
 
 
 def test_fid_device_and_option_errors_are_one_line(tmp_path):
-    a, b = _folder(tmp_path / "a"), _folder(tmp_path / "b")
-    assert "--device cuda:7" in _one_line(runner.invoke(app, ["fid", str(a), str(b), "--device", "cuda:7"]), 2)
-    assert "--device 'tpu'" in _one_line(runner.invoke(app, ["fid", str(a), str(b), "--device", "tpu"]), 2)
-    assert "--n-reals 1" in _one_line(runner.invoke(app, ["fid", str(a), str(b), "--n-reals", "1"]), 2)
+    a, b = image_folder(tmp_path / "a", 2), image_folder(tmp_path / "b", 2)
+    assert "--device cuda:7" in one_error_line(runner.invoke(app, ["fid", str(a), str(b), "--device", "cuda:7"]), 2)
+    assert "--device 'tpu'" in one_error_line(runner.invoke(app, ["fid", str(a), str(b), "--device", "tpu"]), 2)
+    assert "--n-reals 1" in one_error_line(runner.invoke(app, ["fid", str(a), str(b), "--n-reals", "1"]), 2)
     data = photo_pyramid(tmp_path / "photos.h5", 16)
-    line = _one_line(runner.invoke(app, ["fid", str(data), str(a), "--res", "100"]), 1)
+    line = one_error_line(runner.invoke(app, ["fid", str(data), str(a), "--res", "100"]), 1)
     assert "no 100x100 level" in line and "powers of two" in line and "--target 100" not in line
-    assert "--target 32" in _one_line(runner.invoke(app, ["fid", str(data), str(a), "--res", "32"]), 1)
+    assert "--target 32" in one_error_line(runner.invoke(app, ["fid", str(data), str(a), "--res", "32"]), 1)
 
 
 def test_save_stats_refuses_to_overwrite_without_overwrite(tmp_path):
-    a = _folder(tmp_path / "a")
+    a = image_folder(tmp_path / "a", 2)
     existing = tmp_path / "real.npz"
     existing.write_bytes(b"precious")
-    line = _one_line(runner.invoke(app, ["fid", str(a), "--save-stats", str(existing)]), 2)
+    line = one_error_line(runner.invoke(app, ["fid", str(a), "--save-stats", str(existing)]), 2)
     assert "already exists" in line and "--overwrite" in line
     assert existing.read_bytes() == b"precious"

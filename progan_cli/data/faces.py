@@ -19,6 +19,9 @@ from PIL import Image, ImageOps
 
 CROPS = ("align", "box", "center", "square", "none")
 DETECTING_CROPS = ("align", "box")
+# The image files prep and the metrics read from a folder (pytorch-fid's list plus GIF). A fixed list, not
+# everything Pillow registers: that includes stubs (.h5, .mpg, .eps, ...) that open as 0x0 images or need
+# outside tools, and a pyramid .h5 beside the images would then be read as one.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 

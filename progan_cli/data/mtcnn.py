@@ -39,8 +39,13 @@ from progan_cli.devices import tf32
 from progan_cli.errors import DataError
 
 # P-Net sees 12x12 windows with a stride of 2 in each pyramid level (Zhang et al. 2016, section 2.1).
-_CELL = 12
+CELL = 12
 _STRIDE = 2
+# The cascade's defaults (the 2016 Matlab code and the mtcnn package): the smallest face the image pyramid
+# starts from, the ratio between its scales, and the P-Net, R-Net and O-Net face-score thresholds.
+MIN_FACE = 20
+SCALE_FACTOR = 0.709
+THRESHOLDS = (0.6, 0.7, 0.7)
 # NMS overlap thresholds of the original cascade: within a scale, across scales, after R-Net, after O-Net.
 _NMS_SCALE, _NMS_PYRAMID, _NMS_RNET, _NMS_ONET = 0.5, 0.7, 0.7, 0.7
 # Upper bounds on one network call or NMS block (pairs of boxes), so very large photos or batches do not exhaust
@@ -205,8 +210,8 @@ class ONet(_KerasPort):
 def pyramid_scales(height: int, width: int, min_face: float, factor: float) -> list[float]:
     """Scales m * factor^k (m = 12 / min_face) while the scaled short side is still >= 12 (a P-Net cell)."""
     scales = []
-    scale = _CELL / min_face
-    while min(height, width) * scale >= _CELL:
+    scale = CELL / min_face
+    while min(height, width) * scale >= CELL:
         scales.append(scale)
         scale *= factor
     return scales
@@ -353,14 +358,14 @@ class MTCNN(nn.Module):
     def __init__(
         self,
         device: str | torch.device = "cpu",
-        min_face: float = 20,
-        scale_factor: float = 0.709,
-        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        min_face: float = MIN_FACE,
+        scale_factor: float = SCALE_FACTOR,
+        thresholds: tuple[float, float, float] = THRESHOLDS,
         pad: bool | None = None,
     ) -> None:
         super().__init__()
-        if min_face < _CELL:
-            raise ValueError(f"min_face must be at least {_CELL} px (the P-Net window), got {min_face}")
+        if min_face < CELL:
+            raise ValueError(f"min_face must be at least {CELL} px (the P-Net window), got {min_face}")
         if not 0 < scale_factor < 1:
             raise ValueError(f"scale_factor must lie in (0, 1), got {scale_factor}")
         self.min_face, self.scale_factor, self.thresholds = min_face, scale_factor, tuple(thresholds)
@@ -401,7 +406,7 @@ class MTCNN(nn.Module):
             sizes = images.sizes[members]
             short = sizes.min(axis=1)
             for k, scale in enumerate(pyramid_scales(short.max(), short.max(), self.min_face, self.scale_factor)):
-                active = np.flatnonzero(short * scale >= _CELL)  # the images whose own pyramid has this scale
+                active = np.flatnonzero(short * scale >= CELL)  # the images whose own pyramid has this scale
                 out = np.array([(int(h * scale), int(w * scale)) for h, w in sizes[active]]).reshape(-1, 2)
                 if (sizes == sizes[0]).all():  # one size: no padding, and the results the tests hold
                     level, valid = _area_resize(batch, int(out[0, 0]), int(out[0, 1])), None
@@ -434,8 +439,8 @@ class MTCNN(nn.Module):
         b, y, x = torch.nonzero(passed, as_tuple=True)
         # The window of cell (y, x) spans pixels 2x+1 .. 2x+12 (1-based, as the original Matlab code), 11 wide.
         window = torch.stack([x, y, x, y], dim=1).float() * _STRIDE + 1
-        window[:, 2:] += _CELL - 1
-        boxes = (window + offsets[b, :, y, x] * (_CELL - 1)) / scale
+        window[:, 2:] += CELL - 1
+        boxes = (window + offsets[b, :, y, x] * (CELL - 1)) / scale
         return boxes, prob[b, y, x], index[b]
 
     def _refine(self, net: nn.Module, images: _Images, boxes: torch.Tensor, idxs: torch.Tensor, size: int,

@@ -42,6 +42,7 @@ from progan_cli.data.pyramid import FaceMeta, PyramidWriter, resolutions_up_to
 from progan_cli.errors import DataError, ProganError, UsageError
 from progan_cli.files import atomic_write
 from progan_cli.prefetch import prefetch_batches
+from progan_cli.resolutions import is_resolution
 
 # Detection runs on a copy whose long side is at most this; faces are cropped from the full photo.
 # A 20 px face at this size is ~90 px in a 4600 px photo: smaller faces would be upscaled for any target
@@ -67,7 +68,8 @@ class PrepOptions:
     target: int = 128
     crop: str = "align"
     faces: str = "largest"
-    min_face: int = 20
+    min_face: int = 20  # mtcnn.MIN_FACE, written out: importing data/mtcnn.py imports torch, which crops
+    # that detect nothing never need (tests/test_prep.py holds the two equal)
     min_confidence: float = 0.8
     margin: float = 0.25
     batch: int = 32
@@ -76,13 +78,13 @@ class PrepOptions:
     max_padding: float = 1.0
 
     def validate(self) -> None:
-        if self.target < 4 or self.target > 1024 or self.target & (self.target - 1):
+        if not is_resolution(self.target):
             raise UsageError(f"--target must be a power of two from 4 to 1024, not {self.target}")
         if self.crop not in CROPS:
             raise UsageError(f"--crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
         if self.faces not in ("largest", "all"):
             raise UsageError(f"--faces must be 'largest' or 'all', not {self.faces!r}")
-        if self.min_face < 12:
+        if self.min_face < 12:  # mtcnn.CELL, written out as min_face is
             raise UsageError("--min-face must be at least 12 (MTCNN's smallest window)")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise UsageError("--min-confidence must be between 0 and 1")
@@ -688,6 +690,14 @@ def _nothing_kept(parts: Path, n_batches: int, n_sources: int) -> DataError:
                      + (f"; {hint}" if hint else ""))
 
 
+def _detector_attrs(options: PrepOptions) -> dict:
+    """The detector settings a pyramid file records: MTCNN's own defaults and the --min-face it ran with."""
+    from progan_cli.data.mtcnn import SCALE_FACTOR, THRESHOLDS
+
+    return {"name": "mtcnn", "min_face": options.min_face, "scale_factor": SCALE_FACTOR,
+            "thresholds": list(THRESHOLDS), "max_detect_side": MAX_DETECT_SIDE}
+
+
 def _assemble(parts: Path, n_batches: int, out: Path, options: PrepOptions, n_sources: int) -> PrepSummary:
     """All shards, in order, into a temporary file renamed to `out`."""
     reasons: Counter[str] = Counter()
@@ -708,9 +718,7 @@ def _assemble(parts: Path, n_batches: int, out: Path, options: PrepOptions, n_so
             writer.set_attrs(sources=n_sources, skipped=dict(sorted(reasons.items())),
                              dropped_faces=dict(sorted(dropped.items())), upscaled=upscaled,
                              mostly_padding=padded,
-                             detector={} if not options.detects else
-                             {"name": "mtcnn", "min_face": options.min_face, "scale_factor": 0.709,
-                              "thresholds": [0.6, 0.7, 0.7], "max_detect_side": MAX_DETECT_SIDE})
+                             detector={} if not options.detects else _detector_attrs(options))
             count = writer.count
     except OSError as exc:
         if _disk_full(exc):

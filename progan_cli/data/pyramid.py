@@ -31,6 +31,7 @@ import numpy as np
 
 from progan_cli.errors import DataError
 from progan_cli.files import atomic_write
+from progan_cli.resolutions import is_resolution
 
 FORMAT = "progan-pyramid"
 FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ _SMALL_CHUNK_BYTES = 1 << 16
 
 def resolutions_up_to(target: int) -> list[int]:
     """4, 8, ..., target; target must be a power of two between 4 and 1024."""
-    if target < 4 or target > 1024 or target & (target - 1):
+    if not is_resolution(target):
         raise DataError(f"target {target} is not a power of two between 4 and 1024")
     return [2**k for k in range(2, target.bit_length())]
 
@@ -260,7 +261,7 @@ class Pyramid:
         """The h5py dataset of one level (lazy), DataError if the file lacks it."""
         if res not in self.resolutions:
             have = ", ".join(map(str, self.resolutions))
-            if res not in range(4, 1025) or res & (res - 1):
+            if not is_resolution(res):
                 fix = "levels are powers of two; pick one of those"
             elif res > self.target:
                 fix = f"re-run `progan prep` with --target {res} for it"

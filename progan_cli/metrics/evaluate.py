@@ -180,7 +180,10 @@ class Evaluator:
         return self._real_stats[res]
 
     def _inception(self, G: torch.nn.Module, res: int, specs: list[MetricSpec], label: str) -> list[MetricResult]:
-        """FID, KID, PR and IS from one Inception pass over the largest N they ask for."""
+        """FID, KID, PR and IS from one Inception pass over the largest N they ask for.
+
+        FID is `compute_fid`'s (fid.statistics and fid.frechet_distance; the reals' statistics through
+        fid.source_stats and its cache), taken from the shared features rather than a pass of its own."""
         from progan_cli.metrics.fid import frechet_distance, statistics
         from progan_cli.metrics.inception_score import inception_score
         from progan_cli.metrics.kid import compute_kid

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from progan_cli.data.faces import IMAGE_SUFFIXES
 from progan_cli.errors import DataError, UsageError
 from progan_cli.prefetch import prefetch_batches
 from progan_cli.sampling import EXPORT_SUFFIX, generate, load_generator, rebatch
@@ -59,23 +60,16 @@ class ImageSource:
         return torch.cat(taken)
 
 
-def _image_extensions() -> set[str]:
-    from PIL import Image
-
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 class FolderSource(ImageSource):
-    """Every file Pillow can open under a folder, recursively, sorted by relative path (as pytorch-fid)."""
+    """Every image file (IMAGE_SUFFIXES) under a folder, recursively, sorted by relative path (as pytorch-fid)."""
 
     def __init__(self, folder: Path):
         from PIL import Image, UnidentifiedImageError
 
         self.label = str(folder)
-        exts = _image_extensions()
-        self.files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        self.files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
-            raise DataError(f"{folder}: no images found (looked recursively for {', '.join(sorted(exts)[:6])}, ...)")
+            raise DataError(f"{folder}: no images found (looked recursively for {', '.join(sorted(IMAGE_SUFFIXES))})")
         sizes: dict[tuple[int, int], Path] = {}
         for path in self.files:  # headers only: finds unreadable files and mixed sizes before any real work
             try:

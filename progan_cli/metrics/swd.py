@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from progan_cli.devices import tf32
 from progan_cli.errors import DataError, UsageError
+from progan_cli.resolutions import is_resolution
 
 # Working-set sizes on the CPU: a chunk of images whose float levels stay cache-sized, a chunk of descriptors
 # normalised at once, and the projections of both sets for a chunk of directions (per worker). A GPU takes
@@ -304,7 +305,7 @@ def _check_batch(batch: torch.Tensor, size: int) -> None:
     if batch.shape[1] != 3:
         raise DataError(f"SWD compares RGB images; got {batch.shape[1]} channels")
     h, w = batch.shape[2:]
-    if h != w or h < 16 or h & (h - 1):
+    if h != w or not is_resolution(h, lo=16, hi=None):
         raise DataError(f"SWD needs square images whose side is a power of two >= 16; got {h}x{w}")
     if size and h != size:
         raise DataError(f"SWD needs every image of a set at one size; got {size}x{size} and {h}x{w}")

@@ -1,4 +1,5 @@
-"""ProGAN discriminator (Karras et al. 2018, table 2 and section 3; official networks.py D_paper)."""
+"""ProGAN discriminator (Karras et al. 2018, table 2; progressive growing in section 2, minibatch stddev in
+section 3; official networks.py D_paper)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 from progan_cli.networks.layers import (
     EqualizedConv2d,
     EqualizedLinear,
+    block_index,
     block_widths,
     downsample2x,
     is_fading,
@@ -15,7 +17,6 @@ from progan_cli.networks.layers import (
     lrelu,
     minibatch_stddev,
     nf,
-    stage_of,
 )
 
 
@@ -80,7 +81,7 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, alpha: float | torch.Tensor = 1.0) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.num_channels or x.shape[2] != x.shape[3]:
             raise ValueError(f"images must have shape (N, {self.num_channels}, res, res), not {tuple(x.shape)}")
-        k = stage_of(x.shape[-1], self.resolution)
+        k = block_index(x.shape[-1], self.resolution)
         fading = is_fading(alpha) and k > 0
         h = self.blocks[k](lrelu(self.from_rgb[k](x)))
         if fading:

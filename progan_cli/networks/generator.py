@@ -1,4 +1,4 @@
-"""ProGAN generator (Karras et al. 2018, table 2 and section 3; official networks.py G_paper)."""
+"""ProGAN generator (Karras et al. 2018, table 2, progressive growing in section 2; official networks.py G_paper)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from progan_cli.networks.layers import (
     SQRT2,
     EqualizedConv2d,
     EqualizedLinear,
+    block_index,
     block_widths,
     is_fading,
     lerp,
     lrelu,
     pixel_norm,
-    stage_of,
     upsample2x,
 )
 
@@ -77,13 +77,11 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, res: int, alpha: float | torch.Tensor = 1.0) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"latents must have shape (N, {self.latent_size}), not {tuple(z.shape)}")
-        k = stage_of(res, self.resolution)
+        k = block_index(res, self.resolution)
         fading = is_fading(alpha) and k > 0
         x = z
         for block in self.blocks[:k]:
             x = block(x)
-        if k == 0:
-            return self.to_rgb[0](self.blocks[0](x))
         new = self.to_rgb[k](self.blocks[k](x))
         if not fading:
             return new

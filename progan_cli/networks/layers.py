@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progan_cli.resolutions import is_resolution
+
 LRELU_SLOPE = 0.2
 SQRT2 = math.sqrt(2.0)
 
@@ -150,12 +152,13 @@ def nf(stage: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
 
 def block_widths(resolution: int, fmap_base: int, fmap_max: int) -> list[int]:
     """Feature maps of the blocks at 4, 8, ..., resolution: nf(1), nf(2), ... (official networks.py)."""
-    return [nf(s, fmap_base, fmap_max) for s in range(1, stage_of(resolution, resolution) + 2)]
+    return [nf(s, fmap_base, fmap_max) for s in range(1, block_index(resolution, resolution) + 2)]
 
 
-def stage_of(res: int, resolution: int) -> int:
-    """Index of the block that works at `res` (0 for 4x4); ValueError unless res is 4, 8, ..., resolution."""
-    if res < 4 or res > resolution or res & (res - 1):
+def block_index(res: int, resolution: int) -> int:
+    """Index of the block that works at `res`: log2(res) - 2, 0 for 4x4 (the official code's `stage`, which
+    picks the width nf(stage), is one more); ValueError unless res is 4, 8, ..., resolution."""
+    if not is_resolution(res, hi=resolution):
         raise ValueError(f"resolution {res} is not a power of two between 4 and {resolution}")
     return res.bit_length() - 3
 
@@ -170,5 +173,5 @@ def is_fading(alpha: float | torch.Tensor) -> bool:
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    """a + (b - a) * alpha: alpha = 1 gives the newest block's path (the fade-in of section 3)."""
+    """a + (b - a) * alpha: alpha = 1 gives the newest block's path (the fade-in of section 2)."""
     return a + (b - a) * alpha

@@ -16,6 +16,11 @@ from torch import nn
 
 Stats = dict[str, torch.Tensor]
 
+# WGAN-GP weights of the paper (appendix A.1) and the official loss.py: the gradient penalty's lambda (its norm
+# target is 1) and epsilon_drift, which keeps D's scores on the reals near zero. No option changes them.
+GP_LAMBDA = 10.0
+DRIFT = 0.001
+
 
 def scores_and_input_grad(
     D: nn.Module, x: torch.Tensor, alpha: float | torch.Tensor
@@ -31,7 +36,7 @@ def scores_and_input_grad(
 class WGANGP:
     """WGAN-GP with the drift term (Gulrajani et al. 2017; Karras et al. 2018, appendix A.1).
 
-    D loss = D(fake) - D(real) + lambda * (||grad D(x_hat)|| - 1)^2 + drift * D(real)^2, averaged over the
+    D loss = D(fake) - D(real) + GP_LAMBDA * (||grad D(x_hat)|| - 1)^2 + DRIFT * D(real)^2, averaged over the
     minibatch, with x_hat = lerp(real, fake, u) and u ~ U(0, 1) per sample; G loss = -D(fake).
 
     Where this differs from the official code: the penalty's gradient is taken with respect to the image at
@@ -42,11 +47,6 @@ class WGANGP:
     working resolution is 2^k below the target. At the target resolution the two are identical.
     """
 
-    def __init__(self, gp_lambda: float = 10.0, drift: float = 0.001, gp_target: float = 1.0) -> None:
-        self.gp_lambda = gp_lambda
-        self.drift = drift
-        self.gp_target = gp_target
-
     def d_loss(
         self, D: nn.Module, reals: torch.Tensor, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
     ) -> tuple[torch.Tensor, Stats]:
@@ -56,8 +56,8 @@ class WGANGP:
         u = torch.rand(reals.shape[0], 1, 1, 1, device=reals.device)
         _, grad = scores_and_input_grad(D, torch.lerp(reals.float(), fakes.float(), u), alpha)
         norm = grad.square().sum(dim=(1, 2, 3)).sqrt()
-        gp = (norm - self.gp_target).square() * (self.gp_lambda / self.gp_target**2)
-        drift = real.square() * self.drift
+        gp = (norm - 1.0).square() * GP_LAMBDA
+        drift = real.square() * DRIFT
         loss = (fake - real + gp + drift).mean()
         stats = {"score_real": real, "score_fake": fake, "gp": gp, "grad_norm": norm, "drift": drift}
         return loss, _means(stats)
@@ -71,27 +71,19 @@ class WGANGP:
 
 
 class Logistic:
-    """Non-saturating logistic loss (Goodfellow et al. 2014) with an optional R1 penalty (Mescheder et al.
-    2018), as the official code's later `D_logistic_simplegp` / `G_logistic_nonsaturating`.
+    """Non-saturating logistic loss (Goodfellow et al. 2014), as the official StyleGAN code's `D_logistic` /
+    `G_logistic_nonsaturating` (no R1 penalty: no option sets one).
 
-    D loss = softplus(D(fake)) + softplus(-D(real)) + r1_gamma / 2 * ||grad D(real)||^2;
-    G loss = softplus(-D(fake)). With r1_gamma > 0 the real pass runs in fp32 (it carries the penalty).
+    D loss = softplus(D(fake)) + softplus(-D(real)); G loss = softplus(-D(fake)).
     """
-
-    def __init__(self, r1_gamma: float = 0.0) -> None:
-        self.r1_gamma = r1_gamma
 
     def d_loss(
         self, D: nn.Module, reals: torch.Tensor, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0
     ) -> tuple[torch.Tensor, Stats]:
-        if self.r1_gamma > 0:
-            real, grad = scores_and_input_grad(D, reals, alpha)
-            r1 = grad.square().sum(dim=(1, 2, 3)) * (self.r1_gamma / 2)
-        else:
-            real, r1 = D(reals, alpha).float(), torch.zeros((), device=reals.device)
+        real = D(reals, alpha).float()
         fake = D(fakes.detach(), alpha).float()
-        loss = (F.softplus(fake) + F.softplus(-real) + r1).mean()
-        return loss, _means({"score_real": real, "score_fake": fake, "r1": r1})
+        loss = (F.softplus(fake) + F.softplus(-real)).mean()
+        return loss, _means({"score_real": real, "score_fake": fake})
 
     def g_loss(
         self, D: nn.Module, fakes: torch.Tensor, alpha: float | torch.Tensor = 1.0

@@ -1,4 +1,4 @@
-"""The progressive-growing schedule: a pure function of the number of real images shown (paper section 3).
+"""The progressive-growing schedule: a pure function of the number of real images shown (paper section 2).
 
 Follows the official `TrainingSchedule` (tkarras/progressive_growing_of_gans, train.py):
     kimg = cur_nimg / 1000;  phase = floor(kimg / (stable + fade));  t = kimg - phase * (stable + fade)

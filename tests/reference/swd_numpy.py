@@ -1,8 +1,8 @@
 """Plain numpy SWD, step for step as the official `metrics/sliced_wasserstein.py` of
 tkarras/progressive_growing_of_gans computes it (read, not copied), with the random choices passed in.
 
-Two jobs: the speed anchor of `benchmarks/swd_speed.py`, and the independent reference that
-`tests/test_swd.py` holds `progan_cli.metrics.swd.compute_swd` to. The official code draws its centres and
+Two jobs: the independent reference that `tests/test_swd.py` holds `progan_cli.metrics.swd.compute_swd` to,
+and the speed anchor of `benchmarks/swd_speed.py`. The official code draws its centres and
 directions from numpy's global generator; here they come in as arrays so both implementations can be fed the
 same ones (`progan_cli.metrics.swd.SWDSampler` draws them). One deliberate difference: the per-channel
 normalisation and the mean absolute difference are computed in float64 (the official float32 statistics over
