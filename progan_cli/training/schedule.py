@@ -76,7 +76,8 @@ def phase_spans(cfg: TrainConfig) -> list[PhaseSpan]:
 def adam_reset_needed(prev_lod: float, lod: float) -> bool:
     """Official `reset_opt_for_new_lod`: Adam starts afresh when floor(lod) or ceil(lod) changes.
 
-    That happens when a fade starts (ceil drops: new layers appear) and when it ends (floor drops).
+    That happens when a fade starts (floor drops: lod leaves a whole number, new layers appear) and when it
+    ends (ceil drops: lod reaches the next whole number).
     """
     return math.floor(prev_lod) != math.floor(lod) or math.ceil(prev_lod) != math.ceil(lod)
 
