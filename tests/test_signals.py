@@ -8,6 +8,7 @@ os.killpg like a terminal signals its foreground group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,8 @@ from typer.testing import CliRunner
 from conftest import ROOT
 from progan_cli.checkpoints import list_checkpoints, load_checkpoint
 from progan_cli.cli.app import app
+from progan_cli.data.stream import reals_stream
+from progan_cli.training.signals import held_while_forking, ignore_in_worker
 from conftest import TINY, photo_pyramid, run_log, same_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,3 +148,27 @@ def test_torchrun_two_ranks_group_sigterm_checkpoints_and_resumes(tmp_path):
                                        "--threads", "1"])
     assert resumed.exit_code == 0, resumed.output
     assert _stopped_kimg(run) >= float(total)
+
+
+def _sigterm_in_the_start_window(worker_id: int) -> None:
+    """A SIGTERM from outside (as `timeout` or torchrun send it to the group) that lands after torch's worker
+    start installed its own SIGTERM handler and before the run's worker_init_fn ignores it."""
+    os.kill(os.getpid(), signal.SIGTERM)  # the sender is not the worker's parent: torch's handler kills
+    ignore_in_worker(worker_id)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["unheld: the worker dies", "held: it lives"])
+def test_a_sigterm_while_workers_start_kills_none_when_held(tmp_path, held):
+    """The window is real (unheld, the worker dies of it and the stream breaks, as a torchrun rank's did in
+    CI), and holding the signals while forking closes it: the worker drops the signal and serves the batch."""
+    data = photo_pyramid(tmp_path / "photos.h5", 8)
+    hold = held_while_forking() if held else contextlib.nullcontext()
+    with hold:
+        stream = reals_stream(data, 8, 4, 0, seed=0, mirror=False, workers=1,
+                              worker_init_fn=_sigterm_in_the_start_window)
+    if held:
+        assert next(stream).shape == (4, 3, 8, 8)
+    else:
+        with pytest.raises(RuntimeError, match="DataLoader worker"):
+            next(stream)
+    del stream

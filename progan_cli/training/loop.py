@@ -37,7 +37,7 @@ from progan_cli.training.distributed import Distributed
 from progan_cli.training.loss import LOSSES
 from progan_cli.training.rng import rng_state, set_rng_state
 from progan_cli.training.schedule import Schedule, adam_reset_needed, eta_seconds, schedule_at
-from progan_cli.training.signals import ignore_in_worker
+from progan_cli.training.signals import held_while_forking, ignore_in_worker
 from progan_cli.training.step import Nets, StepContext, ema_beta, make_optimizer, train_step
 
 # Log fields that measure the machine rather than the run: they differ between identical runs.
@@ -261,9 +261,10 @@ class _Run:
         ignore the signals a terminal, `timeout` or Slurm send to the whole process group: the main process
         alone stops, with a checkpoint (training/signals.py)."""
         cfg, dist = self.cfg, self.dist
-        return reals_stream(Path(cfg.data), sched.res, sched.minibatch, self.state.cur_nimg, seed=cfg.seed,
-                            mirror=cfg.mirror, workers=cfg.workers, rank=dist.rank, world=dist.world,
-                            pin_memory=dist.device.type == "cuda", worker_init_fn=ignore_in_worker)
+        with held_while_forking():  # a worker starting now would otherwise die of a SIGTERM to the group
+            return reals_stream(Path(cfg.data), sched.res, sched.minibatch, self.state.cur_nimg, seed=cfg.seed,
+                                mirror=cfg.mirror, workers=cfg.workers, rank=dist.rank, world=dist.world,
+                                pin_memory=dist.device.type == "cuda", worker_init_fn=ignore_in_worker)
 
     def step(self, batch: torch.Tensor, sched: Schedule) -> None:
         """One D and G step on a uint8 minibatch of reals (faded as G's output is), G_ema following."""

@@ -15,14 +15,23 @@ happens to be, and no checkpoint is written. So the workers ignore all three sig
 their worker_init_fn): the main process alone acts on them, and the checkpoint needs nothing from the
 workers (its state lives in the main process). The workers end when the main process releases the loader,
 or by themselves when it is gone (torch's worker watchdog).
+
+A worker cannot ignore anything before its worker_init_fn runs, and torch's worker start installs a SIGTERM
+handler of its own first, one that kills the worker for a SIGTERM from anyone but its parent (`timeout`,
+Slurm, torchrun all send it to the group). A signal in that window, a few milliseconds at each resolution
+switch, killed a rank's worker and hung a torchrun job until torchrun's SIGKILL. So the main process holds
+(blocks) the three signals while it forks the workers (`held_while_forking`), each worker inherits the
+hold, ignores them and only then lets them through: one that arrived meanwhile is dropped in the worker and
+delivered to the main process as soon as the forks are done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -87,8 +96,24 @@ class SignalRequests:
         return 128 + self.stop_signal if self.stop_signal is not None else 0
 
 
+@contextlib.contextmanager
+def held_while_forking() -> Iterator[None]:
+    """Block SIGINT, SIGTERM and SIGUSR1 in this thread (the one that forks the DataLoader workers) for the
+    `with` block; what arrived meanwhile is delivered at its end (see the module docstring)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no mask
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def ignore_in_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: leave SIGINT, SIGTERM and SIGUSR1 sent to the process group to the main
-    process (see the module docstring)."""
+    process (see the module docstring), then lift the hold the worker inherited."""
     for sig in HANDLED:
         signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
