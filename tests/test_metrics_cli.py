@@ -74,7 +74,9 @@ def test_bad_inputs_give_one_line(tmp_path):
     one_error_line(_run("fid", good), exit_code=2)  # one source and no --save-stats
 
 
-def test_swd_prints_the_mean(tmp_path):
+def test_swd_cli_wiring_prints_the_mean_of_compute_swd(tmp_path):
+    """A wiring test: the command reads both folders and prints compute_swd's mean (the numbers themselves are
+    checked against the NumPy reference in test_swd.py)."""
     a, b = image_folder(tmp_path / "a", 4), image_folder(tmp_path / "b", 4, seed=1)
     result = _run("swd", a, b, "--seed", 3, "--json", "--device", "cpu")  # against compute_swd on the CPU
     assert result.exit_code == 0, result.output
@@ -85,7 +87,8 @@ def test_swd_prints_the_mean(tmp_path):
     assert float(_run("swd", a, b, "--seed", 3, "--device", "cpu").stdout) == pytest.approx(out["mean"], rel=1e-5)
 
 
-def test_swd_n_takes_the_first_n_of_each_set(tmp_path):
+def test_swd_cli_wiring_n_takes_the_first_n_of_each_set(tmp_path):
+    """A wiring test: unequal sets are refused with the way out, and --n feeds compute_swd the first n."""
     a, b = image_folder(tmp_path / "a", 6), image_folder(tmp_path / "b", 4, seed=1)
     assert "pass --n 4" in one_error_line(_run("swd", a, b))
     result = _run("swd", a, b, "--n", 4, "--seed", 3, "--json", "--device", "cpu")
