@@ -69,7 +69,8 @@ def test_anything_but_a_pyramid_is_one_error_line(tmp_path, one_thread):
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
     (tmp_path / "notes.h5").write_text("not HDF5\n")
-    cases = {tmp_path / "absent.h5": "no such file", run: "no such file", export: "not an HDF5 file",
+    cases = {tmp_path / "absent.h5": "no such file", run: "is a folder, not a pyramid file",
+             export: "not an HDF5 file",
              next((run / "checkpoints").iterdir()): "not an HDF5 file", tmp_path / "notes.h5": "not an HDF5 file",
              tmp_path / "other.h5": "not a progan pyramid"}
     for path, needle in cases.items():

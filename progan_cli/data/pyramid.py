@@ -206,6 +206,8 @@ class Pyramid:
         import h5py
 
         self.path = Path(path)
+        if self.path.is_dir():
+            raise DataError(f"{self.path} is a folder, not a pyramid file (make one with `progan prep PHOTOS/`)")
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such file (make a pyramid with `progan prep PHOTOS/`)")
         try:
