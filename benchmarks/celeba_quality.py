@@ -33,8 +33,10 @@ minibatch 64: 0.8 ms at 4x4, 2.6 ms at 8x8, 5.6 ms at 16x16, 9.1 ms at 32x32; In
 full schedule is ~2,100 CPU-seconds of training, i.e. about 30-35 minutes on a quiet machine (a second thread
 gains little at these widths), and scoring (4 points x 2 G_ema x 1,000 images plus 3,000 reference images,
 ~11,000 through Inception) about 15-25 minutes more.
-These are estimates from per-step CPU times taken while other jobs loaded the machine (load ~12); the full
-run has not been timed here. `--quick` (2 kimg, 32 generated images for FID, 128 for SWD) took 76 s wall
+These were estimates from per-step CPU times taken at load ~12. The full run, timed on 2026-12-01 with
+`--threads 1` at load 2-4 (tests and helpers sharing the cores): training 47.8 minutes, scoring 57.8 (the
+scoring estimate above was low: Inception ran well under its idle speed beside the other jobs), 1 h 46 min
+in all; its results are in docs/results.md. `--quick` (2 kimg, 32 generated images for FID, 128 for SWD) took 76 s wall
 (training 0.3 min, scoring 0.8 min) with the default 2 threads at load ~1.5. At load ~6-7 it took 7.8 minutes
 with 2 threads but 4.6 with `--threads 1`: on a busy machine two threads spin against each other (training
 alone 3.9 vs 0.6 minutes), so pass `--threads 1` there.

@@ -337,9 +337,10 @@ def check_new(path: Path, overwrite: bool, option: str = "--out") -> None:
         return
     if path.is_dir() and not any(path.iterdir()):
         return
-    what = "folder already holds files" if path.is_dir() else "already exists"
-    raise UsageError(f"{option} {path}: the {what}; pass --overwrite to replace (files of other names are kept) "
-                     "or choose another path")
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: the folder already holds files; pass --overwrite to replace (files of "
+                         "other names are kept) or choose another path")
+    raise UsageError(f"{option} {path} already exists; pass --overwrite to replace it or choose another path")
 
 
 def sample_outputs(out: Path | None, fmt: str | None, grid: Path | None, cols: int | None,
