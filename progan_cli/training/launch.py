@@ -61,7 +61,7 @@ def train(options: dict[str, Any], *, data: Path | None = None, resume: Path | N
     callback that scores G_ema when the run asks for metrics; `log_sink(run_dir, resumed_nimg)` opens on
     rank 0 a consumer of each tick's log line (TensorBoard)."""
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    cfg, run_dir, checkpoint = _plan(options, data, resume, out, say if rank0 else lambda text: None)
+    cfg, run_dir, checkpoint = _plan(options, data, resume, out, rank0, say if rank0 else lambda text: None)
     data_key = check_data(cfg)
     if checkpoint is not None:
         warning = check_resumed_data(checkpoint.get("data"), data_key, data is not None, run_dir)
@@ -103,7 +103,7 @@ def train(options: dict[str, Any], *, data: Path | None = None, resume: Path | N
                    exit_code=code)
 
 
-def _plan(options: dict[str, Any], data: Path | None, resume: Path | None, out: Path | None,
+def _plan(options: dict[str, Any], data: Path | None, resume: Path | None, out: Path | None, rank0: bool,
           say: Callable[[str], None]) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
     """The config, the run folder and (resuming) the checkpoint; a UsageError for what cannot be done."""
     options = dict(options)
@@ -125,7 +125,7 @@ def _plan(options: dict[str, Any], data: Path | None, resume: Path | None, out: 
         say(f"training on {options['data']}")
     cfg = TrainConfig(**options)
     run_dir = Path(out) if out is not None else next_run_dir(Path(options["data"]).stem, cfg.target)
-    if int(os.environ.get("RANK", "0")) == 0 and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if rank0 and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UsageError(f"{run_dir} already holds files; continue it with --resume {run_dir} or pick another --out")
     return cfg, run_dir, None
 
