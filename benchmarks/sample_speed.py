@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from progan_cli.config import TrainConfig  # noqa: E402
-from progan_cli.networks import build_networks  # noqa: E402
+from progan_cli.formats import Networks  # noqa: E402
+from progan_cli.networks import build_generator  # noqa: E402
 from progan_cli.sampling import TrainedGenerator, generation_batch, save_samples  # noqa: E402
 
 
@@ -44,10 +45,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = TrainConfig(data="", target=args.res)
-    net, _ = build_networks(cfg)
-    done = 10**12  # images shown: far past the end, so the run counts as grown to args.res
+    net = build_generator(cfg)
+    about = Networks(config=cfg, weights={}, grown_to=args.res, alpha=1.0, cur_nimg=None, kind="random weights",
+                     source="random", origin="random", licence=None)
     for precision in ("fp32", "bf16") if args.precision == "both" else (args.precision,):
-        gen = TrainedGenerator(net.eval().requires_grad_(False), cfg, done, "G_ema", "random", precision=precision)
+        gen = TrainedGenerator(net.eval().requires_grad_(False), about, "G_ema", precision=precision)
         gen.to(device)
         batch = generation_batch(net, args.res, device)
         gen.sample(batch)  # warm-up: cuDNN algorithm choice, allocator

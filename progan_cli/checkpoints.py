@@ -17,6 +17,7 @@ import torch
 
 from progan_cli.errors import CheckpointError
 from progan_cli.files import atomic_write
+from progan_cli.unpickle import load_torch
 
 FORMAT = "progan-checkpoint"
 FORMAT_VERSION = 1
@@ -77,10 +78,11 @@ def find_checkpoint(path: Path) -> Path:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint (file or run folder) onto the CPU with weights_only=True, checking its format."""
     path = find_checkpoint(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several kinds for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+    return check_checkpoint(load_torch(path, "checkpoint"), path)
+
+
+def check_checkpoint(state: Any, path: Path) -> dict[str, Any]:
+    """`state` as loaded from `path`, checked to be a progan checkpoint this version reads; its "path" set."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a progan checkpoint")
     version = state.get("format_version")
@@ -94,4 +96,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: a damaged progan checkpoint (no {missing[0]!r})")
     state["path"] = str(path)
     return state
-

@@ -26,12 +26,15 @@ DEFAULT_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 5
 DEFAULT_LR = {1024: 0.0015}
 LOSS_NAMES = ("wgan-gp", "logistic", "lsgan")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# Variants of the networks that published ProGANs were trained with (networks/layers.py, generator.py).
+MBSTD_VARIANTS = ("official", "gan-zoo")
+STEM_BIASES = ("channel", "position")
 _ALL_RESOLUTIONS = tuple(r for r in range(MIN_RESOLUTION, MAX_RESOLUTION + 1) if is_resolution(r))  # 4, ..., 1024
 # Config fields whose command-line option is not simply --<field-name-with-dashes>.
 _OPTION_NAMES = {"keep_checkpoints": "--keep", "data": "DATA"}
 # Fields with no command-line option (set from Python or in a config.json): messages name the field.
-_FIELD_ONLY = ("mbstd_group_size", "minibatch_default", "minibatch_repeats", "lr_overrides", "adam_betas",
-               "adam_eps", "reset_adam")
+_FIELD_ONLY = ("mbstd_group_size", "mbstd_variant", "stem_bias", "d_fused", "minibatch_default", "minibatch_repeats",
+               "lr_overrides", "adam_betas", "adam_eps", "reset_adam")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class TrainConfig:
     fmap_max: int = 512
     latent_size: int = 512
     mbstd_group_size: int = 4
+    # Variants for networks imported from published files (progan_cli/formats); the defaults are the official
+    # code's own: the minibatch-stddev formula, one stem bias per channel, D's conv and pool fused.
+    mbstd_variant: str = "official"  # or "gan-zoo" (pytorch_GAN_zoo's miniBatchStdDev)
+    stem_bias: str = "channel"  # or "position" (pytorch_GAN_zoo's per-pixel formatLayer bias)
+    d_fused: bool = True  # False: pool(lrelu(conv)), as the released 2018 networks and pytorch_GAN_zoo
     # Schedule (official train.py TrainingSchedule).
     stable_kimg: float = 600.0
     fade_kimg: float = 600.0
@@ -80,6 +88,7 @@ class TrainConfig:
     grid: tuple[int, int] | None = None  # (columns, rows) of sample grids; None: fit ~1920x1080 at target
     metrics: tuple[str, ...] = ()
     metrics_ticks: int = 10
+    init: str | None = None  # the network file a fine-tuning run started from (--init), absolute
 
     def __post_init__(self) -> None:
         """Refuse nonsense at the boundary, naming the option (a bad value otherwise surfaces mid-run as
@@ -88,6 +97,9 @@ class TrainConfig:
         _check(is_resolution(self.target), f"--target {self.target} is not a power of two between 4 and 1024")
         _check(self.loss in LOSS_NAMES, f"--loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
         _check(self.precision in PRECISIONS, f"--precision {self.precision!r} is not fp32, tf32 or bf16")
+        _check(self.mbstd_variant in MBSTD_VARIANTS,
+               f"mbstd_variant {self.mbstd_variant!r} is not one of {', '.join(MBSTD_VARIANTS)}")
+        _check(self.stem_bias in STEM_BIASES, f"stem_bias {self.stem_bias!r} is not one of {', '.join(STEM_BIASES)}")
         for name in ("stable_kimg", "fade_kimg", "total_kimg", "tick_kimg", "lr", "adam_eps"):
             value = getattr(self, name)
             _check(value is None or (math.isfinite(value) and value > 0),
@@ -170,6 +182,10 @@ class TrainConfig:
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+
+# The fields that shape G and D: a run fine-tuning a network (--init) takes them from the network.
+ARCHITECTURE = ("target", "fmap_base", "fmap_max", "latent_size", "mbstd_group_size", "mbstd_variant", "stem_bias",
+                "d_fused")
 
 # Options a resumed run may change: where and how it runs, how long, and its bookkeeping. Everything else
 # (networks, schedule, loss, seed) defines the run and stays as the checkpoint has it.

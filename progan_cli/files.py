@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees half a file, and a failed write leaves nothing behind."""
+"""The ground floor every layer may import: atomic file writes (a reader never sees half a file, and a failed
+write leaves nothing behind) and where progan keeps its cache."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+CACHE_ENV = "PROGAN_CACHE"
+
+
+def cache_dir() -> Path:
+    """$PROGAN_CACHE, else ~/.cache/progan: FID statistics (stats/), downloaded networks (networks/)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "progan")
 
 
 @contextmanager

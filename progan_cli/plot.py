@@ -85,7 +85,7 @@ def read_run(path: Path) -> RunCurves:
 def _phases(folder: Path) -> list[dict[str, Any]]:
     """The schedule's phases from the run's config.json ([] without one: nothing to shade)."""
     from progan_cli.config import TrainConfig
-    from progan_cli.training.schedule import phase_spans
+    from progan_cli.schedule import phase_spans
 
     config = folder / "config.json"
     if not config.is_file():

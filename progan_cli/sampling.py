@@ -1,4 +1,4 @@
-"""Using a trained generator: loading a run, checkpoint or export, rendering, latent walks, and writing PNG
+"""Using a trained generator: loading any network file progan reads, rendering, latent walks, and writing PNG
 folders, .npz arrays, grids, GIFs, MP4s and frame folders.
 
 Image i of set `seed` has one latent, a function of (seed, i) alone (`progan_cli.networks.latents`).
@@ -11,7 +11,6 @@ same latents but pixels that may differ by float rounding.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter, deque
@@ -24,19 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from progan_cli.checkpoints import load_checkpoint
 from progan_cli.config import PRECISIONS, TrainConfig
 from progan_cli.devices import tf32
-from progan_cli.errors import CheckpointError, ProganError, UsageError
+from progan_cli.errors import UsageError
 from progan_cli.files import atomic_write
+from progan_cli.formats import Networks, load_networks
+from progan_cli.formats.progan import write_export
 from progan_cli.images import grid_image, save_grid, to_uint8
 from progan_cli.networks.latents import LATENT_BLOCK, MAX_SEED, check_seed, latents
-from progan_cli.training.schedule import Schedule, schedule_at
 
 CPU_BATCH = 8  # measured: larger batches gain nothing on the CPU, and padding a lone image costs less
-EXPORT_FORMAT = "progan-generator"
-EXPORT_VERSION = 1
-EXPORT_SUFFIX = ".safetensors"
 VIDEO_HINT = 'pip install "progan[video]"'
 
 
@@ -175,45 +171,60 @@ def rebatch(batches: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor
 
 @dataclass
 class TrainedGenerator:
-    """A generator ready to sample (from `load_generator`): the network and how far its run had trained.
+    """A generator ready to sample (from `load_generator`): the network and what its file says of it.
 
     `G.sample(16, seed=0)` gives images 0..15 of set 0 as uint8 NCHW at `G.res`.
     """
 
     net: nn.Module  # progan_cli.networks.Generator: net(z, res, alpha) -> float images in [-1, 1]
-    config: TrainConfig
-    cur_nimg: int  # real images its run had shown
-    weights: str  # "G_ema" (the default) or "G" (the trained weights, --raw)
-    source: str  # the file it came from
+    about: Networks  # the file's config, how far it grew, where the weights came from (its weights dropped)
+    weights: str  # "G_ema" (the default: also the official Gs and the zoo's avgG) or "G" (the trained weights)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
 
     @property
-    def schedule(self) -> Schedule:
-        return schedule_at(self.cur_nimg, self.config)
+    def config(self) -> TrainConfig:
+        return self.about.config
+
+    @property
+    def source(self) -> str:
+        return self.about.source
 
     @property
     def res(self) -> int:
         """The default resolution: the highest one rendered with its layers fully in (the previous one during
         a fade)."""
-        return self.schedule.sampling_res
+        return self.about.res
 
     @property
     def resolutions(self) -> list[int]:
-        """Every resolution the run has grown to; the last is mid-fade when `schedule.phase` is 'fade'."""
-        return [r for r in self.config.resolutions if r <= self.schedule.res]
+        """Every resolution it has grown to; the last is mid-fade when its alpha is below 1."""
+        return self.about.resolutions
 
     @property
     def latent_size(self) -> int:
         return self.config.latent_size
 
     @property
-    def kimg(self) -> float:
-        return self.cur_nimg / 1000
+    def cur_nimg(self) -> int | None:
+        """Real images its run had shown, when the file records them (published networks do not)."""
+        return self.about.cur_nimg
+
+    @property
+    def kimg(self) -> float | None:
+        return None if self.cur_nimg is None else self.cur_nimg / 1000
+
+    @property
+    def label(self) -> str:
+        """What it is, for messages: "G_ema of runs/00000-x/... (300 kimg)", or of a published file, its kind."""
+        about = f"{self.kimg:g} kimg" if self.kimg is not None else self.about.kind
+        if self.about.licence:
+            about += f", {self.about.licence}"
+        return f"{self.weights} of {self.source} ({about})"
 
     def alpha(self, res: int) -> float:
         """Weight of the newest layers at `res`: below 1 only at a resolution still fading in, as in training."""
-        return self.schedule.alpha if res == self.schedule.res else 1.0
+        return self.about.alpha_at(res)
 
     def check_res(self, res: int | None) -> int:
         """`res`, or the default when None; UsageError when the run has not grown to it."""
@@ -249,75 +260,28 @@ class TrainedGenerator:
 
 def load_generator(path: Path | str, device: torch.device | str = "cpu", raw: bool = False,
                    precision: str = "fp32") -> TrainedGenerator:
-    """The generator of a run folder (its newest checkpoint), a checkpoint file or an export (.safetensors).
+    """The generator of a run folder (its newest checkpoint), a checkpoint file, an export (.safetensors), an
+    official NVIDIA ProGAN pickle (its Gs) or a pytorch_GAN_zoo PGAN checkpoint (its avgG).
 
-    Nothing is unpickled: checkpoints load with weights_only=True, exports are safetensors. `raw` takes the
-    trained G instead of G_ema (checkpoints only). The caller's RNG is left as it was.
+    Nothing from the file runs: see progan_cli.formats. `raw` takes the trained G instead of G_ema. The
+    caller's RNG is left as it was.
     """
-    from progan_cli.networks import build_networks
-
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    path = Path(path)
-    if path.suffix.lower() == EXPORT_SUFFIX:
-        meta, state = _read_export(path)
-        if raw and meta["weights"] != "G":
-            raise UsageError(f"--raw: {path} is an export holding {meta['weights']} only; use its run's checkpoint")
-        config, cur_nimg, weights, source = meta["config"], int(meta["cur_nimg"]), meta["weights"], str(path)
-    else:
-        ckpt = load_checkpoint(path)
-        weights = "G" if raw else "G_ema"
-        config, cur_nimg, state, source = ckpt["config"], ckpt["progress"]["cur_nimg"], ckpt[weights], ckpt["path"]
-    try:
-        cfg = TrainConfig.from_dict(json.loads(config) if isinstance(config, str) else config)
-        with torch.random.fork_rng(devices=[]):  # building draws initial weights from the global RNG
-            net, _ = build_networks(cfg)
-        net.load_state_dict(state)
-    except (ProganError, RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: its config or {weights} weights do not make a generator "
-                              f"({str(exc).splitlines()[0]})") from None
-    net.requires_grad_(False).eval()
-    return TrainedGenerator(net, cfg, cur_nimg, weights, source, precision=precision).to(device)
-
-
-def _read_export(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of an export, checked; CheckpointError for anything else."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as exc:  # safetensors raises its own error kinds for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc.__class__.__name__})") from None
-    if meta.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{path}: a safetensors file, but not a generator exported by `progan export`")
-    if int(meta.get("format_version", 0)) > EXPORT_VERSION:
-        raise CheckpointError(f"{path}: export format {meta['format_version']} is newer than this progan reads "
-                              f"({EXPORT_VERSION}); upgrade progan")
-    missing = [key for key in ("config", "cur_nimg", "weights") if key not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: the export lacks {', '.join(missing)} in its metadata")
-    return meta, state
+    about = load_networks(path)
+    if raw and "G" not in about.weights:
+        raise UsageError(f"--raw: {path} is a file holding {', '.join(about.weights)} only, not the trained G; "
+                         "use its run's checkpoint")
+    weights = "G" if raw or "G_ema" not in about.weights else "G_ema"  # an export of G holds G alone
+    net = about.build(weights)
+    about.weights = {}  # built: the state dicts (all three networks of a checkpoint) are not needed again
+    return TrainedGenerator(net, about, weights, precision=precision).to(device)
 
 
 def export_generator(gen: TrainedGenerator, path: Path) -> Path:
-    """Write the generator's weights and what rebuilds it (config, images shown) as one safetensors file."""
-    from safetensors.torch import save
-
-    from progan_cli import __version__
-
-    tensors = {key: value.detach().cpu().contiguous() for key, value in gen.net.state_dict().items()}
-    sched = gen.schedule
-    meta = {"format": EXPORT_FORMAT, "format_version": str(EXPORT_VERSION), "config": json.dumps(gen.config.to_dict()),
-            "cur_nimg": str(gen.cur_nimg), "kimg": f"{gen.kimg:g}", "resolution": str(gen.res),
-            "grown_to": str(sched.res), "alpha": f"{sched.alpha:.17g}", "weights": gen.weights,
-            "source": Path(gen.source).name, "progan_version": __version__}
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(save(tensors, metadata=meta))  # (save_file creates the file private to its owner)
-    return Path(path)
+    """Write the generator's weights and what rebuilds it (config, how far it grew, where the weights came
+    from and their licence) as one safetensors file."""
+    return write_export(path, gen.net.state_dict(), gen.weights, gen.about)
 
 
 # ---------------------------------------------------------------------------------------------- writing

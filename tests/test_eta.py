@@ -8,7 +8,7 @@ import pytest
 
 from progan_cli.cli.train import _duration
 from progan_cli.config import TrainConfig
-from progan_cli.training.schedule import eta_seconds, nimg_per_resolution, schedule_at
+from progan_cli.schedule import eta_seconds, nimg_per_resolution, schedule_at
 
 # Widths nf = min(128 / 2^stage, 64): 64 at 4x4, 32 at 8x8, 16 at 16x16. Phases of 1 + 1 kimg; the end at
 # 5 kimg: 4x4 for 0-1, 8x8 (fade, then stable) for 1-3, 16x16 for 3-5.

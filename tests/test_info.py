@@ -1,6 +1,7 @@
 """`progan info`: on a pyramid written here it prints the image count, levels, attributes and skipped photos we
-wrote (the target level's sha256 recomputed with hashlib), `--json` parses to the same; anything that is not a
-pyramid (missing path, a run folder, a checkpoint, an export, a foreign HDF5 file) is one `Error:` line."""
+wrote (the target level's sha256 recomputed with hashlib), `--json` parses to the same; on a run, its checkpoint
+and its export it says what they hold (kind, resolution, kimg, parameter counts); anything else (a missing path,
+a foreign HDF5 file, a folder of no run, a text file) is one `Error:` line."""
 
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def test_json_output_parses_to_the_same(pyramid):
                               {"source": "c.jpg", "reason": "no face"}]
 
 
-def test_anything_but_a_pyramid_is_one_error_line(tmp_path, one_thread):
-    """info reads pyramids only: runs, checkpoints and exports (real ones, made here) are refused in one line."""
+@pytest.fixture
+def run_files(tmp_path, one_thread):
+    """A real 4x4 run of 8 images (one checkpoint) and its export."""
     data = photo_pyramid(tmp_path / "photos.h5", 4)
     run = tmp_path / "run"
     trained = runner.invoke(app, ["train", str(data), "--target", "4", *TINY, "--threads", "1",
@@ -66,13 +68,38 @@ def test_anything_but_a_pyramid_is_one_error_line(tmp_path, one_thread):
     assert trained.exit_code == 0, trained.output
     export = tmp_path / "G.safetensors"
     assert runner.invoke(app, ["export", str(run), "--out", str(export)]).exit_code == 0
+    return run, next((run / "checkpoints").iterdir()), export
+
+
+def test_networks_say_what_they_hold(run_files):
+    run, checkpoint, export = run_files
+    # TINY: fmap_base 128, fmap_max 64, latent 32; one block of 64 maps at 4x4.
+    g_params = 32 * 64 * 16 + 64 + 64 * 64 * 9 + 64 + 64 * 3 + 3  # dense, stem bias, conv + bias, toRGB + bias
+    for path, kind, nets in ((run, "progan checkpoint", ["G", "D", "G_ema"]),
+                             (checkpoint, "progan checkpoint", ["G", "D", "G_ema"]),
+                             (export, "progan export", ["G_ema"])):
+        result = runner.invoke(app, ["info", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        about = json.loads(result.stdout)
+        assert (about["kind"], about["resolution"], about["grown_to"], about["alpha"], about["kimg"]) == (
+            kind, 4, 4, 1.0, 0.016)  # one schedule update: 4 minibatches of 4
+        assert sorted(about["networks"]) == sorted(nets) and about["networks"]["G_ema"] == g_params
+        assert (about["latent_size"], about["widths"], about["licence"]) == (32, [64], None)
+        assert about["origin"].startswith("progan run run")
+        text = runner.invoke(app, ["info", str(path)])
+        assert text.exit_code == 0 and f"{kind}, 4x4 (fully grown)" in text.stdout
+        assert f"G_ema ({g_params:,} parameters)" in text.stdout and "images shown: 0.016 kimg" in text.stdout
+
+
+def test_anything_else_is_one_error_line(tmp_path):
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
     (tmp_path / "notes.h5").write_text("not HDF5\n")
-    cases = {tmp_path / "absent.h5": "no such file", run: "is a folder, not a pyramid file",
-             export: "not an HDF5 file",
-             next((run / "checkpoints").iterdir()): "not an HDF5 file", tmp_path / "notes.h5": "not an HDF5 file",
-             tmp_path / "other.h5": "not a progan pyramid"}
+    (tmp_path / "notes.txt").write_text("not a network\n")
+    (tmp_path / "photos").mkdir()
+    cases = {tmp_path / "absent.h5": "no such file", tmp_path / "absent": "no such run folder or checkpoint file",
+             tmp_path / "notes.h5": "not an HDF5 file", tmp_path / "other.h5": "not a progan pyramid",
+             tmp_path / "photos": "has no checkpoints", tmp_path / "notes.txt": "not a readable checkpoint"}
     for path, needle in cases.items():
         result = runner.invoke(app, ["info", str(path)])
         lines = result.stderr.strip().splitlines()

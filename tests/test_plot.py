@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import TINY, photo_pyramid
 from progan_cli.cli.app import app
 from progan_cli.config import TrainConfig
-from progan_cli.training.schedule import PhaseSpan, phase_spans, schedule_at
+from progan_cli.schedule import PhaseSpan, phase_spans, schedule_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 
 from progan_cli.config import DEFAULT_MINIBATCH, TrainConfig, parse_minibatch, resumed_config
 from progan_cli.errors import UsageError
-from progan_cli.training.schedule import adam_reset_needed, schedule_at
+from progan_cli.schedule import adam_reset_needed, schedule_at
 
 # kimg -> (lod, res, alpha, minibatch, phase), each computed by hand.
 HAND_128 = {

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 from progan_cli.errors import ProganError
 
 # Modules under progan_cli.cli that add commands, in the order `progan --help` lists them.
-COMMAND_MODULES = ("demo", "prep", "info", "train", "sample", "metrics", "eval", "plot")
+COMMAND_MODULES = ("demo", "prep", "info", "train", "sample", "metrics", "eval", "download", "plot")
 
 
 class _ProganGroup(TyperGroup):

@@ -1,7 +1,8 @@
 """`progan sample`, `progan interpolate`, `progan export`: what people do with a trained generator.
 
-Each takes a run folder (its newest checkpoint), a checkpoint file or an export (.safetensors); results'
-paths go to stdout, progress to stderr. The core is progan_cli.sampling.
+Each takes a run folder (its newest checkpoint), a checkpoint file, an export (.safetensors) or a published
+network (an official NVIDIA pickle, a pytorch_GAN_zoo checkpoint); results' paths go to stdout, progress to
+stderr. The core is progan_cli.sampling.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import typer
 
 from progan_cli.cli.common import Device, Threads, err_console, parse_grid, setup_device
 
-Source = Annotated[Path, typer.Argument(help="A run folder (its newest checkpoint), a checkpoint file or an "
-                                        "export from `progan export` (.safetensors).")]
+Source = Annotated[Path, typer.Argument(help="A run folder (its newest checkpoint), a checkpoint file, an export "
+                                        "from `progan export` (.safetensors), an official NVIDIA ProGAN pickle or "
+                                        "a pytorch_GAN_zoo PGAN checkpoint.")]
 Seed = Annotated[int, typer.Option("--seed", help="The set of images: image i of set S is always the same image.")]
 Res = Annotated[Optional[int], typer.Option("--res", help="Any resolution the run has grown to [the highest one "
                                             "it renders fully].")]
@@ -129,14 +131,14 @@ def export(
     """A generator-only file (weights + config, safetensors: loads without running code) to share or load."""
     from progan_cli import sampling
     from progan_cli.errors import UsageError
+    from progan_cli.formats import EXPORT_SUFFIX
 
-    if out.suffix != sampling.EXPORT_SUFFIX:
-        raise UsageError(f"--out {out}: an export is a {sampling.EXPORT_SUFFIX} file; end its name in that")
+    if out.suffix != EXPORT_SUFFIX:
+        raise UsageError(f"--out {out}: an export is a {EXPORT_SUFFIX} file; end its name in that")
     sampling.check_new(out, overwrite)
     gen = sampling.load_generator(source, "cpu", raw=raw)
     path = sampling.export_generator(gen, out)
-    err_console.print(f"{gen.weights} of {gen.source} ({gen.res}x{gen.res}, {gen.kimg:g} kimg): "
-                      f"{path.stat().st_size / 1e6:.1f} MB", soft_wrap=True)
+    err_console.print(f"{gen.label} at {gen.res}x{gen.res}: {path.stat().st_size / 1e6:.1f} MB", soft_wrap=True)
     print(path)
 
 
@@ -149,8 +151,7 @@ def _load(source: Path, device: str, threads: int | None, raw: bool, precision: 
 
 
 def _say_what(gen, what: str, res: int) -> None:
-    err_console.print(f"{what} at {res}x{res} from {gen.weights} of {gen.source} ({gen.kimg:g} kimg) on "
-                      f"{gen.device}, {gen.precision}", soft_wrap=True)
+    err_console.print(f"{what} at {res}x{res} from {gen.label} on {gen.device}, {gen.precision}", soft_wrap=True)
 
 
 @contextmanager

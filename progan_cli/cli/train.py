@@ -36,6 +36,10 @@ def train(
                                           "in the working directory]."),
     target: Optional[int] = typer.Option(None, help=f"Final resolution, a power of two [{_d('target')}]."),
     resume: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint file) to continue exactly."),
+    init: Optional[Path] = typer.Option(None, help="Fine-tune a grown network: a run, checkpoint, export, official "
+                                        "NVIDIA pickle or pytorch_GAN_zoo checkpoint. The new run takes its G, D and "
+                                        "G_ema and its shape, and starts at its resolution in the stable phase (kimg "
+                                        "counts on from where the schedule reaches it), Adam fresh."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/NNNNN-<data>-<target>]."),
     device: Optional[str] = typer.Option(None, help=f"{DEVICE_HELP} [{_d('device')}]."),
     precision: Optional[str] = typer.Option(None, help="fp32 (true fp32), tf32 (TF32 matmuls/convs on CUDA) or "
@@ -122,8 +126,8 @@ def train(
         check_tensorboard()
         board = TensorBoardLog
     with _LiveDisplay(enabled=int(os.environ.get("RANK", "0")) == 0) as display:
-        outcome = run_training(options, data=data, resume=resume, out=out, threads=threads, say=say, warn=warn,
-                               on_progress=display.update, metrics=scores, log_sink=board)
+        outcome = run_training(options, data=data, resume=resume, init=init, out=out, threads=threads, say=say,
+                               warn=warn, on_progress=display.update, metrics=scores, log_sink=board)
     if outcome.is_main:
         if outcome.stopped:
             say(f"stopped at kimg {outcome.cur_nimg / 1000:.3f} with a checkpoint; continue with "

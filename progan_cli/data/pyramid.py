@@ -33,6 +33,8 @@ from progan_cli.errors import DataError
 from progan_cli.files import atomic_write
 from progan_cli.resolutions import is_resolution
 
+PYRAMID_SUFFIXES = (".h5", ".hdf5")  # what progan prep writes and metric commands read as a pyramid
+
 FORMAT = "progan-pyramid"
 FORMAT_VERSION = 1
 # Levels at or above this resolution are chunked one image per chunk for fast random reads; smaller levels

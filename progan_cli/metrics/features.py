@@ -14,7 +14,6 @@ At 64 -> 299 the two resizes alone move FID by ~1%, which is why the protocol is
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from progan_cli.devices import tf32
-from progan_cli.files import atomic_write
+from progan_cli.files import atomic_write, cache_dir
 from progan_cli.metrics.inception import FIDInception
 
 PROTOCOLS = ("ttur", "pytorch-fid")
 INCEPTION_SIZE = 299
-CACHE_ENV = "PROGAN_CACHE"
 FEATURES_VERSION = "features-v1"
 
 
@@ -87,11 +85,6 @@ def extract(model: FIDInception, batches: Iterable[torch.Tensor], protocol: str,
                 progress(len(batch))
     feats = torch.cat(pools).numpy() if pools else np.zeros((0, 2048), np.float32)
     return feats, (torch.cat(heads).numpy() if logits and heads else None)
-
-
-def cache_dir() -> Path:
-    """$PROGAN_CACHE, else ~/.cache/progan."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "progan")
 
 
 def cache_key(*parts: str) -> str:

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from progan_cli.data.faces import IMAGE_SUFFIXES
+from progan_cli.data.pyramid import PYRAMID_SUFFIXES
 from progan_cli.errors import DataError, UsageError
 from progan_cli.prefetch import prefetch_batches
-from progan_cli.sampling import EXPORT_SUFFIX, generate, load_generator, rebatch
+from progan_cli.formats import EXPORT_SUFFIX
+from progan_cli.sampling import generate, load_generator, rebatch
 
-PYRAMID_SUFFIXES = (".h5", ".hdf5")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
 GENERATOR_SUFFIXES = (*CHECKPOINT_SUFFIXES, EXPORT_SUFFIX)  # what opens as a GeneratorSource
 STATS_SUFFIX = ".npz"

@@ -10,15 +10,26 @@ from progan_cli.networks.generator import Generator
 if TYPE_CHECKING:
     from progan_cli.config import TrainConfig
 
-__all__ = ["Discriminator", "Generator", "build_networks", "untrained_generator"]
+__all__ = ["Discriminator", "Generator", "build_discriminator", "build_generator", "build_networks",
+           "untrained_generator"]
+
+
+def build_generator(cfg: TrainConfig) -> Generator:
+    """G as a run's config describes it."""
+    return Generator(cfg.target, latent_size=cfg.latent_size, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max,
+                     stem_bias=cfg.stem_bias)
+
+
+def build_discriminator(cfg: TrainConfig) -> Discriminator:
+    """D as a run's config describes it."""
+    return Discriminator(cfg.target, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max,
+                         mbstd_group_size=cfg.mbstd_group_size, mbstd_variant=cfg.mbstd_variant, fused=cfg.d_fused)
 
 
 def build_networks(cfg: TrainConfig) -> tuple[Generator, Discriminator]:
-    """G and D as a run's config describes them."""
-    G = Generator(cfg.target, latent_size=cfg.latent_size, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max)
-    D = Discriminator(cfg.target, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max,
-                      mbstd_group_size=cfg.mbstd_group_size)
-    return G, D
+    """G and D as a run's config describes them, G first (the order draws their initial weights in)."""
+    G = build_generator(cfg)
+    return G, build_discriminator(cfg)
 
 
 def untrained_generator(cfg: TrainConfig) -> Generator:

@@ -21,23 +21,31 @@ from progan_cli.networks.layers import (
 
 
 class DBlock(nn.Module):
-    """Halving block: 3x3 conv, 3x3 conv + 2x2 average pool (fused); each conv followed by lrelu."""
+    """Halving block: 3x3 conv, lrelu, then the second 3x3 conv and the 2x2 average pool.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    `fused` (the official D_paper's fused_scale, its default): the pool happens inside the convolution, before
+    bias and lrelu: lrelu(pool(conv(x)) + b). Not fused (the released 2018 networks, converted from the Theano
+    code, and pytorch_GAN_zoo): pool(lrelu(conv(x) + b)). The leaky ReLU does not commute with the pool, so
+    these are two functions of the same parameters.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, fused: bool = True) -> None:
         super().__init__()
+        self.fused = fused
         self.conv0 = EqualizedConv2d(in_channels, in_channels, 3)
-        self.conv1 = EqualizedConv2d(in_channels, out_channels, 3, resample="down")
+        self.conv1 = EqualizedConv2d(in_channels, out_channels, 3, resample="down" if fused else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lrelu(self.conv1(lrelu(self.conv0(x))))
+        x = lrelu(self.conv1(lrelu(self.conv0(x))))
+        return x if self.fused else downsample2x(x)
 
 
 class DHead(nn.Module):
     """4x4 block: minibatch stddev -> 3x3 conv -> dense to nf(0) -> dense to one score (gain 1)."""
 
-    def __init__(self, channels: int, dense_channels: int, mbstd_group_size: int) -> None:
+    def __init__(self, channels: int, dense_channels: int, mbstd_group_size: int, mbstd_variant: str) -> None:
         super().__init__()
-        self.mbstd_group_size = mbstd_group_size
+        self.mbstd_group_size, self.mbstd_variant = mbstd_group_size, mbstd_variant
         extra = 1 if mbstd_group_size > 1 else 0
         self.conv = EqualizedConv2d(channels + extra, channels, 3)
         self.dense0 = EqualizedLinear(channels * 16, dense_channels)
@@ -45,7 +53,7 @@ class DHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mbstd_group_size > 1:
-            x = minibatch_stddev(x, self.mbstd_group_size)
+            x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_variant)
         x = lrelu(self.conv(x))
         x = lrelu(self.dense0(x.flatten(1)))
         return self.dense1(x).squeeze(1)
@@ -57,7 +65,8 @@ class Discriminator(nn.Module):
     `from_rgb[k]` and `blocks[k]` work at 4 * 2^k (`blocks[0]` is the 4x4 head). While a block fades in
     (alpha < 1) the features entering the next-lower block are
     lerp(fromRGB_old(avgpool(x)), block(fromRGB_new(x)), alpha), as the official code.
-    `mbstd_group_size` <= 1 drops the minibatch stddev layer.
+    `mbstd_group_size` <= 1 drops the minibatch stddev layer; `mbstd_variant` and `fused` choose the variants
+    that published networks were trained with (see `minibatch_stddev` and `DBlock`).
     """
 
     def __init__(
@@ -67,6 +76,8 @@ class Discriminator(nn.Module):
         fmap_max: int = 512,
         num_channels: int = 3,
         mbstd_group_size: int = 4,
+        mbstd_variant: str = "official",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         width = block_widths(resolution, fmap_base, fmap_max)
@@ -74,8 +85,8 @@ class Discriminator(nn.Module):
         self.num_channels = num_channels
         self.from_rgb = nn.ModuleList([EqualizedConv2d(num_channels, c, 1) for c in width])
         self.blocks = nn.ModuleList(
-            [DHead(width[0], nf(0, fmap_base, fmap_max), mbstd_group_size)]
-            + [DBlock(width[k], width[k - 1]) for k in range(1, len(width))]
+            [DHead(width[0], nf(0, fmap_base, fmap_max), mbstd_group_size, mbstd_variant)]
+            + [DBlock(width[k], width[k - 1], fused) for k in range(1, len(width))]
         )
 
     def forward(self, x: torch.Tensor, alpha: float | torch.Tensor = 1.0) -> torch.Tensor:

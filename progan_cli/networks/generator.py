@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from progan_cli.config import STEM_BIASES
 from progan_cli.networks.layers import (
     SQRT2,
     EqualizedConv2d,
@@ -20,18 +21,25 @@ from progan_cli.networks.layers import (
 
 
 class GStem(nn.Module):
-    """4x4 block: pixel-normed latent -> dense to nf x 4 x 4 -> lrelu, PN -> 3x3 conv -> lrelu, PN."""
+    """4x4 block: pixel-normed latent -> dense to nf x 4 x 4 -> lrelu, PN -> 3x3 conv -> lrelu, PN.
 
-    def __init__(self, latent_size: int, channels: int) -> None:
+    The dense layer's bias is one per channel, added after the reshape (official), or with
+    `stem_bias="position"` one per channel and pixel (pytorch_GAN_zoo's formatLayer, a (C, 4, 4) bias).
+    """
+
+    def __init__(self, latent_size: int, channels: int, stem_bias: str = "channel") -> None:
         super().__init__()
-        # gain sqrt(2)/4 is a quirk the official code kept from its Theano version; one bias per channel.
+        if stem_bias not in STEM_BIASES:
+            raise ValueError(f"stem_bias must be one of {', '.join(STEM_BIASES)}, not {stem_bias!r}")
+        # gain sqrt(2)/4 is a quirk the official code kept from its Theano version.
         self.dense = EqualizedLinear(latent_size, channels * 16, gain=SQRT2 / 4, bias=False)
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels) if stem_bias == "channel" else torch.zeros(channels, 4, 4))
         self.conv = EqualizedConv2d(channels, channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.dense(pixel_norm(z)).reshape(z.shape[0], -1, 4, 4)
-        x = pixel_norm(lrelu(x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)))
+        bias = self.bias.to(x.dtype)
+        x = pixel_norm(lrelu(x + (bias.reshape(1, -1, 1, 1) if bias.ndim == 1 else bias)))
         return pixel_norm(lrelu(self.conv(x)))
 
 
@@ -63,6 +71,7 @@ class Generator(nn.Module):
         fmap_base: int = 8192,
         fmap_max: int = 512,
         num_channels: int = 3,
+        stem_bias: str = "channel",
     ) -> None:
         super().__init__()
         width = block_widths(resolution, fmap_base, fmap_max)
@@ -70,7 +79,7 @@ class Generator(nn.Module):
         self.latent_size = latent_size
         self.num_channels = num_channels
         self.blocks = nn.ModuleList(
-            [GStem(latent_size, width[0])] + [GBlock(width[k - 1], width[k]) for k in range(1, len(width))]
+            [GStem(latent_size, width[0], stem_bias)] + [GBlock(width[k - 1], width[k]) for k in range(1, len(width))]
         )
         self.to_rgb = nn.ModuleList([EqualizedConv2d(c, num_channels, 1, gain=1.0) for c in width])
 

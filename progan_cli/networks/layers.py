@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progan_cli.config import MBSTD_VARIANTS
 from progan_cli.resolutions import is_resolution
 
 LRELU_SLOPE = 0.2
@@ -126,16 +127,30 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4, variant: str = "official") -> torch.Tensor:
     """Append one feature map: the average standard deviation of the features over a group (section 3).
 
-    As the official `minibatch_stddev_layer`: G = min(group_size, N) samples per group, sample i in group
-    i mod (N / G); per group, the biased variance over its G samples of every feature and pixel,
+    "official" is the official `minibatch_stddev_layer`: G = min(group_size, N) samples per group, sample i in
+    group i mod (N / G); per group, the biased variance over its G samples of every feature and pixel,
     sqrt(var + 1e-8), averaged over C, H, W to one number, which fills the extra map of each sample of the
-    group. Computed in fp32 under autocast, as the official code does, and cast back to x's dtype.
+    group. "gan-zoo" is pytorch_GAN_zoo's `miniBatchStdDev`, a different function that its published
+    discriminators were trained with: consecutive samples form a group (one group of all N when N is not a
+    multiple of G), the variance is unbiased, and a lone sample gets zeros. Computed in fp32 under autocast,
+    as the official code does, and cast back to x's dtype.
     """
     n, c, h, w = x.shape
     g = min(group_size, n)
+    if variant == "gan-zoo":
+        if n % g:
+            g = n
+        if g == 1:
+            return torch.cat([x, x.new_zeros(n, 1, h, w)], dim=1)
+        y = x.float().reshape(n // g, g, c, h, w).var(dim=1)
+        y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (M,): one value per group
+        y = y.to(x.dtype).reshape(n // g, 1, 1, 1, 1).expand(-1, g, 1, h, w).reshape(n, 1, h, w)
+        return torch.cat([x, y], dim=1)
+    if variant != "official":
+        raise ValueError(f"minibatch stddev variant {variant!r} is not one of {', '.join(MBSTD_VARIANTS)}")
     if n % g:
         raise ValueError(f"minibatch stddev: batch {n} is not a multiple of the group size {g}")
     y = x.float().reshape(g, n // g, c, h, w)

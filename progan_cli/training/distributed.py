@@ -120,7 +120,7 @@ def check_batch_split(cfg: TrainConfig, world: int) -> None:
                              f"pass --minibatch with multiples of {world}")
         local = batch // world
         group = min(cfg.mbstd_group_size, local)
-        if local % group:
+        if local % group and cfg.mbstd_variant == "official":  # the gan-zoo variant takes any batch
             raise UsageError(f"the {res}x{res} minibatch per process ({local}) is not a multiple of the "
                              f"minibatch-stddev group size {group}; pass --minibatch with multiples of "
                              f"{group * world}")

@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from progan_cli.checkpoints import load_checkpoint
-from progan_cli.config import TrainConfig, resumed_config
+from progan_cli.config import ARCHITECTURE, TrainConfig, resumed_config
 from progan_cli.data.dataset import find_pyramid
 from progan_cli.data.stream import check_data, check_resumed_data
 from progan_cli.devices import use_threads
 from progan_cli.errors import UsageError
+from progan_cli.formats import Networks, load_networks
+from progan_cli.schedule import target_stable_nimg
 from progan_cli.training.distributed import check_batch_split, init_distributed
 from progan_cli.training.loop import Progress, training_loop
 from progan_cli.training.signals import SignalRequests
@@ -50,18 +52,19 @@ class Outcome:
 
 
 def train(options: dict[str, Any], *, data: Path | None = None, resume: Path | None = None,
-          out: Path | None = None, threads: int | None = None,
+          init: Path | None = None, out: Path | None = None, threads: int | None = None,
           say: Callable[[str], None] = lambda text: None, warn: Callable[[str], None] = lambda text: None,
           on_progress: Callable[[Progress, dict[str, Any] | None], None] | None = None,
           metrics: Callable[[TrainConfig, torch.device], Callable[[nn.Module, int], dict[str, float]]] | None = None,
           log_sink: Callable[[Path, int | None], LogSink] | None = None) -> Outcome:
-    """Start (or with `resume`, continue) a run and train this process's share of it until it ends or a
-    signal stops it. `say`/`warn` get one-line messages on rank 0 only; `on_progress` is the loop's hook.
+    """Start (or with `resume`, continue; with `init`, fine-tune the networks of that file) a run and train this
+    process's share of it until it ends or a signal stops it. `say`/`warn` get one-line messages on rank 0 only; `on_progress` is the loop's hook.
     The caller brings what consumes the run (training depends on neither): `metrics(cfg, device)` makes the
     callback that scores G_ema when the run asks for metrics; `log_sink(run_dir, resumed_nimg)` opens on
     rank 0 a consumer of each tick's log line (TensorBoard)."""
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    cfg, run_dir, checkpoint = _plan(options, data, resume, out, rank0, say if rank0 else lambda text: None)
+    cfg, run_dir, checkpoint, pretrained = _plan(options, data, resume, init, out, rank0,
+                                                 say if rank0 else lambda text: None)
     data_key = check_data(cfg)
     if checkpoint is not None:
         warning = check_resumed_data(checkpoint.get("data"), data_key, data is not None, run_dir)
@@ -90,7 +93,7 @@ def train(options: dict[str, Any], *, data: Path | None = None, resume: Path | N
                 board(line)
 
         with SignalRequests(say) as signals:
-            state = training_loop(cfg, run_dir, resume=checkpoint, dist=dist, metrics=callback,
+            state = training_loop(cfg, run_dir, resume=checkpoint, init=pretrained, dist=dist, metrics=callback,
                                   stop=signals.stop_requested, checkpoint_now=signals.checkpoint_requested,
                                   on_progress=hook)
     finally:
@@ -103,15 +106,17 @@ def train(options: dict[str, Any], *, data: Path | None = None, resume: Path | N
                    exit_code=code)
 
 
-def _plan(options: dict[str, Any], data: Path | None, resume: Path | None, out: Path | None, rank0: bool,
-          say: Callable[[str], None]) -> tuple[TrainConfig, Path, dict[str, Any] | None]:
-    """The config, the run folder and (resuming) the checkpoint; a UsageError for what cannot be done."""
+def _plan(options: dict[str, Any], data: Path | None, resume: Path | None, init: Path | None, out: Path | None,
+          rank0: bool, say: Callable[[str], None]) -> tuple[TrainConfig, Path, dict[str, Any] | None, Networks | None]:
+    """The config, the run folder, (resuming) the checkpoint and (fine-tuning) the networks to start from; a
+    UsageError for what cannot be done."""
     options = dict(options)
     if data is not None:
         options["data"] = str(Path(data).resolve())
     if resume is not None:
-        if out is not None:
-            raise UsageError("--out and --resume exclude each other: a resumed run stays in its folder")
+        if out is not None or init is not None:
+            raise UsageError(f"--{'out' if out is not None else 'init'} and --resume exclude each other: a resumed "
+                             "run stays in its folder and goes on from its own checkpoint")
         checkpoint = load_checkpoint(resume)
         run_dir = Path(checkpoint["path"]).parent.parent
         cfg = resumed_config(TrainConfig.from_dict(checkpoint["config"]), options)
@@ -119,15 +124,56 @@ def _plan(options: dict[str, Any], data: Path | None, resume: Path | None, out: 
         if done_kimg >= cfg.end_kimg:
             raise UsageError(f"{run_dir} has already trained {done_kimg:g} kimg of {cfg.end_kimg:g}; "
                              "pass a larger --total-kimg to go on")
-        return cfg, run_dir, checkpoint
+        return cfg, run_dir, checkpoint, None
     if data is None:
         options["data"] = str(find_pyramid(Path.cwd()).resolve())
         say(f"training on {options['data']}")
+    pretrained = None
+    if init is not None:
+        pretrained = load_networks(init)
+        options = _fine_tuning_options(options, pretrained)
     cfg = TrainConfig(**options)
+    if pretrained is not None:
+        _check_fine_tuning(cfg, pretrained, say)
     run_dir = Path(out) if out is not None else next_run_dir(Path(options["data"]).stem, cfg.target)
     if rank0 and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UsageError(f"{run_dir} already holds files; continue it with --resume {run_dir} or pick another --out")
-    return cfg, run_dir, None
+    return cfg, run_dir, None, pretrained
+
+
+def _fine_tuning_options(options: dict[str, Any], pretrained: Networks) -> dict[str, Any]:
+    """A new run's options when it starts from `pretrained`: the networks' shape is the file's."""
+    if not pretrained.finished:
+        raise UsageError(f"--init {pretrained.source}: it has grown to {pretrained.grown_to}x{pretrained.grown_to} "
+                         f"at alpha {pretrained.alpha:.3f}, not fully to {pretrained.config.target}x"
+                         f"{pretrained.config.target}; fine-tuning starts from a grown network (--resume its run "
+                         "instead)")
+    shape = {name: getattr(pretrained.config, name) for name in ARCHITECTURE}
+    for name, value in shape.items():
+        if name in options and options[name] != value:
+            raise UsageError(f"--{name.replace('_', '-')} {options[name]}: --init {pretrained.source} has "
+                             f"{name} {value}; leave it out (a fine-tuning run keeps the network's shape)")
+    return {**options, **shape, "init": str(Path(pretrained.source).resolve())}
+
+
+def _check_fine_tuning(cfg: TrainConfig, pretrained: Networks, say: Callable[[str], None]) -> None:
+    """The pyramid must hold the network's resolution; the run must train past where it starts."""
+    from progan_cli.data.pyramid import Pyramid
+
+    with Pyramid(Path(cfg.data)) as pyr:
+        if pyr.target < cfg.target:
+            raise UsageError(f"--init {pretrained.source} is a {cfg.target}x{cfg.target} network, and {cfg.data} "
+                             f"holds {pyr.target}x{pyr.target} images; prep the photos again with --target "
+                             f"{cfg.target} to fine-tune it")
+    start = target_stable_nimg(cfg) / 1000
+    if cfg.end_kimg <= start:
+        raise UsageError(f"--total-kimg {cfg.end_kimg:g}: a fine-tuning run starts at kimg {start:g}, where its "
+                         f"schedule reaches {cfg.target}x{cfg.target}; give a larger --total-kimg (the default "
+                         f"trains one stable phase, {cfg.stable_kimg:g} kimg)")
+    if "D" not in pretrained.weights:
+        say(f"{pretrained.source} holds a generator only: D starts from random weights")
+    say(f"fine-tuning {pretrained.kind} {pretrained.source} ({pretrained.origin}; licence "
+        f"{pretrained.licence or 'not recorded'}) from kimg {start:g}")
 
 
 def next_run_dir(stem: str, target: int) -> Path:

@@ -30,13 +30,15 @@ from progan_cli.data.stream import check_data, fade_reals, reals_stream
 from progan_cli.devices import resolve_device, tf32
 from progan_cli.errors import ProganError
 from progan_cli.files import atomic_write
+from progan_cli.formats import Networks
+from progan_cli.formats.progan import provenance_after
 from progan_cli.images import save_grid
 from progan_cli.networks import build_networks
 from progan_cli.networks.latents import latents
 from progan_cli.training.distributed import Distributed
 from progan_cli.training.loss import LOSSES
 from progan_cli.training.rng import rng_state, set_rng_state
-from progan_cli.training.schedule import Schedule, adam_reset_needed, eta_seconds, schedule_at
+from progan_cli.schedule import Schedule, adam_reset_needed, eta_seconds, schedule_at, target_stable_nimg
 from progan_cli.training.signals import held_while_forking, ignore_in_worker
 from progan_cli.training.step import Nets, StepContext, ema_beta, make_optimizer, train_step
 
@@ -110,6 +112,7 @@ def training_loop(
     run_dir: Path,  # receives config.json, log.jsonl, samples/ and checkpoints/ (rank 0 only)
     *,
     resume: dict[str, Any] | None = None,  # a checkpoint from checkpoints.load_checkpoint to continue exactly
+    init: Networks | None = None,  # grown networks to fine-tune (formats.load_networks), cfg shaped like them
     dist: Distributed | None = None,  # this process's rank, world size and device; None: one process
     metrics: Callable[[nn.Module, int], dict[str, float]] | None = None,  # (G_ema, res) -> values for the log
     stop: Callable[[], bool] | None = None,  # polled at each schedule update; True: checkpoint and return
@@ -118,7 +121,7 @@ def training_loop(
     #                                           is the log line of a tick that just finished, else None
 ) -> TrainState:
     """Train G and D progressively from 4x4 to cfg.target until cfg.end_kimg thousand real images."""
-    run = _Run(cfg, Path(run_dir), dist or Distributed(device=resolve_device(cfg.device)), resume)
+    run = _Run(cfg, Path(run_dir), dist or Distributed(device=resolve_device(cfg.device)), resume, init)
     state, dist = run.state, run.dist
     end_nimg, tick_nimg = round(cfg.end_kimg * 1000), round(cfg.tick_kimg * 1000)
     clock = _Clock(state.cur_nimg)
@@ -202,7 +205,8 @@ class _Run:
     """One session of a run: its networks, optimizers and state, the steps, and what it writes to the run folder
     (rank 0 alone writes)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: Distributed, resume: dict[str, Any] | None) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: Distributed, resume: dict[str, Any] | None,
+                 init: Networks | None) -> None:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.data_key = check_data(cfg)
         device = dist.device
@@ -220,11 +224,22 @@ class _Run:
         self.opt_G, self.opt_D = self._new_optimizers()
         self.state = LoopState()
         self.last_checkpoint = None if resume is None else resume["path"]  # named when the run diverges
+        self.provenance = resume.get("provenance") if resume is not None else None  # of fine-tuned weights
         if resume is not None:
             for part, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
                 part.load_state_dict(resume[key])
             self.state = LoopState.from_checkpoint(resume, device)
             set_rng_state(resume["rng"], device)
+        elif init is not None:
+            # The file's G, D and G_ema (a lone generator stands for both G and G_ema; D without one stays as
+            # built); the schedule starts where it reaches the target, in its stable phase, Adam fresh.
+            G.load_state_dict(init.weights.get("G", init.weights.get("G_ema")))
+            G_ema.load_state_dict(init.weights.get("G_ema", init.weights.get("G")))
+            if "D" in init.weights:
+                D.load_state_dict(init.weights["D"])
+            start = target_stable_nimg(cfg)
+            self.state = LoopState(cur_nimg=start, tick_start_nimg=start)
+            self.provenance = provenance_after(init, run_dir)
         for net in (G, D, G_ema):
             dist.broadcast_(net)
         self.ctx = StepContext(latent_size=cfg.latent_size, precision=cfg.precision,
@@ -319,6 +334,7 @@ class _Run:
             "G_ema": nets.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "progress": state.progress(partial_tick_sec), "tick_sums": {k: v.cpu() for k, v in state.tick_sums.items()},
             "rng": rng_state(self.dist.device), "data": self.data_key,
+            **({"provenance": self.provenance} if self.provenance else {}),
         }, keep=self.cfg.keep_checkpoints)
 
     def progress(self, sched: Schedule, rate: float, losses: dict[str, float], clock: _Clock) -> Progress:

@@ -42,10 +42,21 @@ def schedule_at(cur_nimg: int, cfg: TrainConfig) -> Schedule:
     t = kimg - phase_idx * phase_kimg
     lod = math.log2(cfg.target) - 2 - phase_idx - max(t - cfg.stable_kimg, 0.0) / cfg.fade_kimg
     lod = max(lod, 0.0)
-    res = cfg.target >> math.floor(lod)
-    alpha = 1.0 - (lod - math.floor(lod))
+    res, alpha = level_of_detail(cfg.target, lod)
     return Schedule(kimg=kimg, lod=lod, res=res, alpha=alpha, minibatch=cfg.minibatch_at(res), lr=cfg.lr_at(res),
                     phase="stable" if alpha == 1.0 else "fade")
+
+
+def target_stable_nimg(cfg: TrainConfig) -> int:
+    """Real images shown when the schedule reaches the target fully faded in (its last stable phase begins):
+    where a run fine-tuning a grown network (`progan train --init`) starts."""
+    return round((len(cfg.resolutions) - 1) * (cfg.stable_kimg + cfg.fade_kimg) * 1000)
+
+
+def level_of_detail(target: int, lod: float) -> tuple[int, float]:
+    """(res, alpha) at `lod` halvings below `target`: the resolution G works at, target / 2^floor(lod), and the
+    weight 1 - frac(lod) of its newest layers (the official lod_in of a network, as our schedule uses it)."""
+    return target >> math.floor(lod), 1.0 - (lod - math.floor(lod))
 
 
 @dataclass(frozen=True)
