@@ -115,7 +115,7 @@ def _plan(options: dict[str, Any], data: Path | None, resume: Path | None, init:
         options["data"] = str(Path(data).resolve())
     if resume is not None:
         if out is not None or init is not None:
-            raise UsageError(f"--{'out' if out is not None else 'init'} and --resume exclude each other: a resumed "
+            raise UsageError(f"--{'init' if init is not None else 'out'} and --resume exclude each other: a resumed "
                              "run stays in its folder and goes on from its own checkpoint")
         checkpoint = load_checkpoint(resume)
         run_dir = Path(checkpoint["path"]).parent.parent
