@@ -200,3 +200,34 @@ def test_pixel_norm_keeps_bf16_under_cuda_autocast():
         out = pixel_norm(x.cuda())
     assert out.dtype == torch.bfloat16
     np.testing.assert_allclose(out.float().cpu().numpy(), expected, rtol=2**-8 + 1e-6, atol=0)
+
+
+# ------------------------------------------------------------------ pytorch_GAN_zoo's minibatch stddev variant
+
+
+@pytest.mark.parametrize("n", [8, 4, 6, 2])
+def test_gan_zoo_minibatch_stddev_matches_numpy_loop(n):
+    # The zoo's miniBatchStdDev: consecutive samples grouped by 4 (all N in one group when 4 does not divide
+    # N), unbiased variance, sqrt(var + 1e-8) averaged over C, H, W.
+    x = _rand(n, 3, 4, 5, seed=n + 10)
+    out = minibatch_stddev(x, 4, "gan-zoo").numpy()
+    a = x.numpy().astype(np.float64)
+    g = min(4, n) if n % min(4, n) == 0 else n
+    expected_map = np.empty(n)
+    for start in range(0, n, g):
+        group = a[start:start + g]
+        var = ((group - group.mean(axis=0)) ** 2).sum(axis=0) / (g - 1)
+        expected_map[start:start + g] = np.sqrt(var + 1e-8).mean()
+    np.testing.assert_array_equal(out[:, :3], x.numpy())
+    np.testing.assert_allclose(out[:, 3], np.broadcast_to(expected_map[:, None, None], (n, 4, 5)), rtol=1e-5)
+
+
+def test_gan_zoo_minibatch_stddev_by_hand_and_alone():
+    # Two samples: unbiased variance (a - b)^2 / 2 per feature, so sqrt is |a - b| / sqrt(2).
+    x = torch.tensor([[[[1.0, 3.0]]], [[[3.0, -1.0]]]])
+    expected = (math.sqrt(2 + 1e-8) + math.sqrt(8 + 1e-8)) / 2
+    assert minibatch_stddev(x, 4, "gan-zoo")[:, 1].flatten().tolist() == pytest.approx([expected] * 4)
+    # A lone sample has no spread to measure: the zoo appends zeros (the official formula gives sqrt(1e-8)).
+    assert minibatch_stddev(x[:1], 4, "gan-zoo")[:, 1].abs().max() == 0
+    with pytest.raises(ValueError, match="variant"):
+        minibatch_stddev(x, 4, "other")

@@ -153,3 +153,58 @@ def test_bad_resolution_and_alpha_raise():
         D(torch.randn(2, 3, 8, 16))
     with pytest.raises(ValueError, match="power of two"):
         Generator(48)
+
+
+# ------------------------------------------------------------------------------ variants of published networks
+
+
+def test_non_fused_d_block_pools_after_the_activation():
+    """d_fused=False: pool(lrelu(conv1(lrelu(conv0(x))) + b)), computed here with numpy from the weights;
+    the fused block (lrelu after the pool) is a different function of the same parameters."""
+    from progan_cli.networks.discriminator import DBlock
+
+    torch.manual_seed(0)
+    block = DBlock(3, 2, fused=False)
+    fused = DBlock(3, 2, fused=True)
+    for conv in (block.conv0, block.conv1):
+        conv.bias.data.normal_()
+    fused.load_state_dict(block.state_dict())
+    x = torch.randn(2, 3, 4, 4)
+
+    def conv3x3(a, w, b, scale):  # 'same' cross-correlation in float64
+        padded = np.pad(a, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        out = np.zeros((a.shape[0], w.shape[0], a.shape[2], a.shape[3]))
+        for ky in range(3):
+            for kx in range(3):
+                window = padded[:, :, ky:ky + a.shape[2], kx:kx + a.shape[3]]
+                out += np.einsum("nchw,oc->nohw", window, w[:, :, ky, kx])
+        return out * scale + b[None, :, None, None]
+
+    def lrelu_np(a):
+        return np.where(a > 0, a, 0.2 * a)
+
+    p = {k: v.double().numpy() for k, v in block.state_dict().items()}
+    h = lrelu_np(conv3x3(x.double().numpy(), p["conv0.weight"], p["conv0.bias"], math.sqrt(2 / 27)))
+    h = lrelu_np(conv3x3(h, p["conv1.weight"], p["conv1.bias"], math.sqrt(2 / 27)))
+    expected = h.reshape(2, 2, 2, 2, 2, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(block(x).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fused(x), block(x), atol=1e-3)
+
+
+def test_per_position_stem_bias_adds_one_bias_per_pixel():
+    """stem_bias="position" (the zoo's formatLayer): lrelu(W z + b) with b of shape (C, 4, 4), then pixel norm."""
+    from progan_cli.networks.generator import GStem
+
+    torch.manual_seed(1)
+    stem = GStem(8, 4, stem_bias="position")
+    assert stem.bias.shape == (4, 4, 4)
+    stem.bias.data.normal_()
+    z = torch.randn(3, 8)
+    zn = z * torch.rsqrt(z.square().mean(1, keepdim=True) + 1e-8)
+    x = (zn @ (stem.dense.weight * stem.dense.scale).T).reshape(3, 4, 4, 4) + stem.bias
+    x = torch.nn.functional.leaky_relu(x, 0.2)
+    x = x * torch.rsqrt(x.square().mean(1, keepdim=True) + 1e-8)
+    y = torch.nn.functional.leaky_relu(stem.conv(x), 0.2)
+    torch.testing.assert_close(stem(z), y * torch.rsqrt(y.square().mean(1, keepdim=True) + 1e-8))
+    with pytest.raises(ValueError, match="stem_bias"):
+        GStem(8, 4, stem_bias="pixel")
