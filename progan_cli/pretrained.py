@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from progan_cli.errors import UsageError
+from progan_cli.errors import DataError, UsageError
 from progan_cli.files import cache_dir
 
 NVIDIA_FOLDER = "https://drive.google.com/drive/folders/15hvzxt_XxuokSmj0uO4xxMTMWVc0cIMU"
@@ -86,3 +86,27 @@ def find(name: str) -> Pretrained:
 def cached_path(entry: Pretrained) -> Path:
     """Where progan keeps (and looks for) the network: $PROGAN_CACHE/networks/<file>."""
     return cache_dir() / "networks" / entry.file
+
+
+def how_to_get(entry: Pretrained) -> str:
+    """What a person does to put the network where progan looks for it."""
+    if entry.url is None:
+        return (f"NVIDIA's networks cannot be fetched by a script (Google Drive asks a person): download {entry.file} "
+                f"from {NVIDIA_FOLDER} and put it at {cached_path(entry)}")
+    return f"fetch it with `progan download {entry.name}`"
+
+
+def locate(path: Path | str) -> Path:
+    """`path` itself, or, when no such file or folder exists and it is a catalogue name (`celebAHQ-256`), the
+    network's file in the cache; DataError saying how to get it when it is not there yet."""
+    path = Path(path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    try:
+        entry = find(path.name)
+    except UsageError:
+        return path
+    cached = cached_path(entry)
+    if not cached.is_file():
+        raise DataError(f"{entry.name}: a published network that is not in the cache yet; {how_to_get(entry)}")
+    return cached

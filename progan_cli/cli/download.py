@@ -87,16 +87,17 @@ def download(
         err_console.print(f"{dest} has the wrong sha256 (not {expected}); fetching it again",
                           soft_wrap=True, markup=False)
 
+    from progan_cli.data.prep import Interrupted, raise_on_signals
     from progan_cli.download import download as fetch
 
     again = f" (then `progan download {name}` checks it)" if name else ""
     by_hand = f"download {url} on a machine with internet and put it at {dest}{again}"
     try:
-        with _progress(dest.name) as advance:
+        with raise_on_signals(), _progress(dest.name) as advance:  # Ctrl-C and SIGTERM alike: nothing kept
             fetch(url, dest, expected, timeout=timeout, on_progress=advance, by_hand=by_hand)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: nothing was kept", soft_wrap=True)
-        raise typer.Exit(130) from None
+    except Interrupted as stop:
+        err_console.print(f"{stop}: stopped; nothing was kept", soft_wrap=True)  # SIGINT or SIGTERM
+        raise typer.Exit(stop.exit_code) from None
     _result(dest, url, name, fetched=True, json_out=json_out)
 
 
@@ -119,8 +120,7 @@ def _nvidia(entry, json_out: bool) -> None:
                           soft_wrap=True, markup=False)
         _result(path, pretrained.NVIDIA_FOLDER, entry.name, fetched=False, json_out=json_out)
         return
-    raise DataError(f"NVIDIA's networks cannot be fetched by a script (Google Drive asks a person): download "
-                    f"{entry.file} from {pretrained.NVIDIA_FOLDER} and put it at {path}")
+    raise DataError(pretrained.how_to_get(entry))
 
 
 def _list(json_out: bool) -> None:

@@ -17,6 +17,7 @@ from progan_cli.formats.base import Networks
 from progan_cli.formats.gan_zoo import is_zoo_checkpoint, read_zoo
 from progan_cli.formats.official import read_official
 from progan_cli.formats.progan import EXPORT_SUFFIX, from_checkpoint, read_export
+from progan_cli.pretrained import locate
 from progan_cli.unpickle import load_torch
 
 __all__ = ["Networks", "load_networks", "EXPORT_SUFFIX"]
@@ -28,8 +29,9 @@ _PICKLE = tuple(bytes([0x80, protocol]) for protocol in (2, 3, 4, 5))
 
 def load_networks(path: Path | str) -> Networks:
     """The networks of a run folder (its newest checkpoint), a checkpoint, an export, an official pickle or a
-    zoo checkpoint; CheckpointError with one line for anything else."""
-    path = Path(path)
+    zoo checkpoint (or a published network's catalogue name, once it is in the cache); CheckpointError with one
+    line for anything else."""
+    path = locate(path)
     if path.is_dir() or not path.exists():
         return from_checkpoint(load_checkpoint(path))  # a run folder, or the "no such file" line
     if path.suffix.lower() == EXPORT_SUFFIX:

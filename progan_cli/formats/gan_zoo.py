@@ -66,6 +66,8 @@ def read_zoo(state: dict[str, Any], path: Path) -> Networks:
     weights = {"G": _generator(state["netG"], len(depths), equalized, path),
                "D": _discriminator(state["netD"], len(depths), equalized, path)}
     weights["G_ema"] = _generator(state["avgG"], len(depths), equalized, path) if "avgG" in state else weights["G"]
+    if len(depths) == 2 and alpha < 1.0:
+        del weights["D"]  # the zoo's D does not blend while 8x8 fades in (its G does): not progan's D function
     return Networks(config=cfg, weights=weights, grown_to=target, alpha=alpha, cur_nimg=None, kind=KIND,
                     source=str(path), origin=f"pytorch_GAN_zoo PGAN, {Path(path).name}", licence=ZOO_LICENCE)
 

@@ -19,6 +19,7 @@ from progan_cli.data.faces import IMAGE_SUFFIXES
 from progan_cli.data.pyramid import PYRAMID_SUFFIXES
 from progan_cli.errors import DataError, UsageError
 from progan_cli.prefetch import prefetch_batches
+from progan_cli.pretrained import locate
 from progan_cli.formats import EXPORT_SUFFIX
 from progan_cli.sampling import generate, load_generator, rebatch
 
@@ -264,7 +265,7 @@ def open_source(path: Path, res: int | None = None, n: int | None = None, device
                 seed: int = 0) -> ImageSource | StatsSource:
     """Pick the source from what `path` is: .npz stats, .h5 pyramid (+res), run, checkpoint or export (+n, and
     +res to render below its resolution), folder."""
-    path = Path(path)
+    path = locate(path)  # a published network's name stands for its file in the cache
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix.lower() == STATS_SUFFIX:
