@@ -109,3 +109,39 @@ def test_an_8x8_zoo_network_mid_fade_has_no_d_progan_computes(tmp_path):
     z = np.random.default_rng(8).standard_normal((3, 24)).astype(np.float32)
     ours = nets.build("G_ema")(torch.from_numpy(z), 8, 0.5).double().numpy()
     np.testing.assert_allclose(ours, zoo_G(ckpt["avgG"], ckpt["config"], z), rtol=1e-4, atol=1e-5)
+
+
+def test_download_then_sample_a_zoo_checkpoint_from_a_local_server(tmp_path, monkeypatch):
+    """The whole way a user takes: `progan download` over HTTP (a server on 127.0.0.1 serving a zoo checkpoint
+    written here), its sha256 checked, then `progan info` and `progan sample` on the path it printed."""
+    import functools
+    import hashlib
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    path = write_zoo_checkpoint(served / "celebaHQ_s1_i10-00000000.pth", zoo_checkpoint(8, DEPTHS[:2], 24, seed=9))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setenv("PROGAN_CACHE", str(tmp_path / "cache"))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
+        got = runner.invoke(app, ["download", url, "--sha256", digest])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert got.exit_code == 0, got.output
+    cached = tmp_path / "cache" / "networks" / path.name
+    assert got.stdout.strip() == str(cached) and cached.read_bytes() == path.read_bytes()
+    assert "pytorch_GAN_zoo PGAN checkpoint, 8x8" in runner.invoke(app, ["info", str(cached)]).stdout
+    out = runner.invoke(app, ["sample", str(cached), "--n", "2", "--out", str(tmp_path / "s.npz"), "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    expected = load_generator(path).sample(2).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(np.load(tmp_path / "s.npz")["arr_0"], expected)
