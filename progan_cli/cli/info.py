@@ -78,7 +78,7 @@ def _network_info(path: Path, json_out: bool) -> None:
     print(f"  images shown: {'not recorded' if about['kimg'] is None else format(about['kimg'], 'g') + ' kimg'}")
     print(f"  latent size: {about['latent_size']}; widths {', '.join(map(str, about['widths']))} "
           f"(fmap_base {about['fmap_base']}, fmap_max {about['fmap_max']})")
-    mbstd = (f"minibatch stddev over groups of {about['mbstd_group_size']} ({about['mbstd_variant']})"
+    mbstd = (f"minibatch stddev over groups of {about['mbstd_group_size']} ({about['mbstd_variant']} formula)"
              if about["mbstd_group_size"] > 1 else "no minibatch stddev")
     print(f"  D: {mbstd}, {'conv and pool fused' if about['d_fused'] else 'pool after the activation'}; "
           f"G: stem bias per {about['stem_bias']}")

@@ -36,22 +36,22 @@ _FIXED = {"use_wscale": True, "use_pixelnorm": True, "normalize_latents": True, 
 def read_official(path: Path) -> Networks:
     """The networks of an official pickle: G, D and Gs (as G_ema) in progan's layout."""
     nets = _network_states(load_pickle(path, NVIDIA_GLOBALS, "official ProGAN pickle"), path)
-    kinds = {name: _variables(state, name, path) for name, state in nets.items()}
-    label_size = _label_size(kinds.get("D"), nets, path)
+    tf_vars = {name: _variables(state, name, path) for name, state in nets.items()}
+    for name, state in nets.items():
+        _check_fixed(state.get("static_kwargs") or {}, name, path)
+    _refuse_labels(tf_vars.get("D"), nets, path)
     weights, arch = {}, {}
-    for name, variables in kinds.items():
+    for name, variables in tf_vars.items():
         if name == "D":
             weights["D"], d_arch = _discriminator(variables, nets["D"].get("static_kwargs") or {}, path)
             arch.update(d_arch)
         else:
-            weights[name], g_arch = _generator(variables, label_size, path)
+            weights[name], g_arch = _generator(variables, path)
             arch.update(g_arch)
-    for name, state in nets.items():
-        _check_fixed(state.get("static_kwargs") or {}, name, path)
     widths = arch.pop("widths")
     fmap_base, fmap_max = fit_widths(widths, str(path))
     cfg = TrainConfig(data="", fmap_base=fmap_base, fmap_max=fmap_max, **arch)
-    lod = float(np.asarray(kinds["G_ema"].get("lod", 0.0)))
+    lod = float(np.asarray(tf_vars["G_ema"].get("lod", 0.0)))
     if not 0.0 <= lod <= cfg.target.bit_length() - 3:
         raise CheckpointError(f"{path}: Gs has lod {lod}, outside 0..{cfg.target.bit_length() - 3}")
     grown_to, alpha = level_of_detail(cfg.target, lod)
@@ -91,8 +91,9 @@ def _variables(state: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     return variables
 
 
-def _label_size(d_vars: dict[str, Any] | None, nets: dict[str, dict[str, Any]], path: Path) -> int:
-    """Labels from D's output width (1 + label_size); a lone G says it only in its static_kwargs."""
+def _refuse_labels(d_vars: dict[str, Any] | None, nets: dict[str, dict[str, Any]], path: Path) -> None:
+    """Labels are in D's output width (1 + label_size); a lone G says it only in its static_kwargs (its dense
+    layer takes latents and labels together)."""
     if d_vars is not None:
         labels = check_array("D 4x4/Dense1/weight", d_vars.get("4x4/Dense1/weight"), 2, str(path)).shape[1] - 1
     else:
@@ -100,7 +101,6 @@ def _label_size(d_vars: dict[str, Any] | None, nets: dict[str, dict[str, Any]], 
     if labels:
         raise CheckpointError(f"{path}: a conditional network ({labels} labels); progan has no conditional "
                               "generation yet, so it loads unconditional networks only")
-    return labels
 
 
 def _check_fixed(static_kwargs: dict[str, Any], name: str, path: Path) -> None:
@@ -121,6 +121,11 @@ def _up_conv(w: torch.Tensor) -> torch.Tensor:
     return w.permute(2, 3, 0, 1).flip(2, 3).contiguous()
 
 
+def _dense(w: torch.Tensor) -> torch.Tensor:
+    """[in, out] -> (out, in)."""
+    return w.T.contiguous()
+
+
 def _levels(variables: dict[str, Any]) -> list[int]:
     """Resolutions 4, 8, ... that have blocks (each block above 4x4 has a Conv0, or G's fused Conv0_up)."""
     res = [4]
@@ -129,74 +134,71 @@ def _levels(variables: dict[str, Any]) -> list[int]:
     return res
 
 
-def _generator(v: dict[str, Any], label_size: int, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    src = str(path)
+class _Mapper:
+    """One network's TF variables into progan's state dict, checked: `layer` moves `scope/weight` (laid out
+    anew) and `scope/bias` to `ours.weight` and `ours.bias`."""
 
-    def get(name: str, ndim: int) -> torch.Tensor:
-        return check_array(f"G {name}", v.get(name), ndim, src)
+    def __init__(self, variables: dict[str, Any], who: str, path: Path) -> None:
+        self.v, self.who, self.path = variables, who, path
+        self.levels = _levels(variables)
+        self.state: dict[str, torch.Tensor] = {}
 
-    levels = _levels(v)
-    dense = get("4x4/Dense/weight", 2)
-    state = {"blocks.0.dense.weight": dense.T.contiguous(), "blocks.0.bias": get("4x4/Dense/bias", 1),
-             "blocks.0.conv.weight": _conv(get("4x4/Conv/weight", 4)), "blocks.0.conv.bias": get("4x4/Conv/bias", 1)}
-    widths = [state["blocks.0.conv.weight"].shape[0]]
-    fused = None
-    for k, res in enumerate(levels[1:], start=1):
-        scope = f"{res}x{res}"
-        block_fused = f"{scope}/Conv0_up/weight" in v
-        if fused is not None and block_fused != fused:
-            raise CheckpointError(f"{path}: G mixes fused and non-fused blocks")
-        fused = block_fused
-        conv0 = get(f"{scope}/Conv0_up/weight", 4) if fused else get(f"{scope}/Conv0/weight", 4)
-        state[f"blocks.{k}.conv0.weight"] = _up_conv(conv0) if fused else _conv(conv0)
-        state[f"blocks.{k}.conv0.bias"] = get(f"{scope}/{'Conv0_up' if fused else 'Conv0'}/bias", 1)
-        state[f"blocks.{k}.conv1.weight"] = _conv(get(f"{scope}/Conv1/weight", 4))
-        state[f"blocks.{k}.conv1.bias"] = get(f"{scope}/Conv1/bias", 1)
-        widths.append(state[f"blocks.{k}.conv1.weight"].shape[0])
-    for k in range(len(levels)):
-        lod = len(levels) - 1 - k
-        state[f"to_rgb.{k}.weight"] = _conv(get(f"ToRGB_lod{lod}/weight", 4))
-        state[f"to_rgb.{k}.bias"] = get(f"ToRGB_lod{lod}/bias", 1)
-    channels = state["to_rgb.0.weight"].shape[0]
+    def layer(self, scope: str, ours: str, layout=_conv) -> None:
+        weight = self.v.get(f"{scope}/weight")
+        ndim = 2 if layout is _dense else 4
+        self.state[f"{ours}.weight"] = layout(check_array(f"{self.who} {scope}/weight", weight, ndim, str(self.path)))
+        self.state[f"{ours}.bias"] = check_array(f"{self.who} {scope}/bias", self.v.get(f"{scope}/bias"), 1,
+                                                 str(self.path))
+
+    def fused(self, conv: str) -> bool:
+        """Whether the blocks above 4x4 use the fused `conv` (all or none)."""
+        found = {f"{res}x{res}/{conv}/weight" in self.v for res in self.levels[1:]}
+        if len(found) > 1:
+            raise CheckpointError(f"{self.path}: {self.who} mixes fused and non-fused blocks")
+        return found != {False}  # a 4x4-only network counts as fused, the official default
+
+    def rgb_layers(self, tf_name: str, ours: str) -> None:
+        """ToRGB_lod{n} / FromRGB_lod{n}: lod n belongs to the block at 4 * 2^(levels - 1 - n)."""
+        for k in range(len(self.levels)):
+            self.layer(f"{tf_name}_lod{len(self.levels) - 1 - k}", f"{ours}.{k}")
+
+
+def _generator(v: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    m = _Mapper(v, "G", path)
+    fused = m.fused("Conv0_up")
+    m.layer("4x4/Dense", "blocks.0.dense", _dense)
+    m.state["blocks.0.bias"] = m.state.pop("blocks.0.dense.bias")  # one per channel, after the reshape
+    m.layer("4x4/Conv", "blocks.0.conv")
+    conv0, layout = ("Conv0_up", _up_conv) if fused else ("Conv0", _conv)
+    for k, res in enumerate(m.levels[1:], start=1):
+        m.layer(f"{res}x{res}/{conv0}", f"blocks.{k}.conv0", layout)
+        m.layer(f"{res}x{res}/Conv1", f"blocks.{k}.conv1")
+    m.rgb_layers("ToRGB", "to_rgb")
+    channels = m.state["to_rgb.0.weight"].shape[0]
     if channels != 3:
         raise CheckpointError(f"{path}: G makes {channels}-channel images; progan's networks make RGB only")
-    return state, {"target": levels[-1], "latent_size": dense.shape[0] - label_size, "widths": widths}
+    widths = [m.state["blocks.0.conv.weight"].shape[0]] + [m.state[f"blocks.{k}.conv1.weight"].shape[0]
+                                                          for k in range(1, len(m.levels))]
+    latent_size = m.state["blocks.0.dense.weight"].shape[1]  # no labels: refused before
+    return m.state, {"target": m.levels[-1], "latent_size": latent_size, "widths": widths}
 
 
 def _discriminator(v: dict[str, Any], static_kwargs: dict[str, Any],
                    path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    src = str(path)
-
-    def get(name: str, ndim: int) -> torch.Tensor:
-        return check_array(f"D {name}", v.get(name), ndim, src)
-
-    levels = _levels(v)
-    state = {"blocks.0.conv.weight": _conv(get("4x4/Conv/weight", 4)), "blocks.0.conv.bias": get("4x4/Conv/bias", 1),
-             "blocks.0.dense0.weight": get("4x4/Dense0/weight", 2).T.contiguous(),
-             "blocks.0.dense0.bias": get("4x4/Dense0/bias", 1),
-             "blocks.0.dense1.weight": get("4x4/Dense1/weight", 2).T.contiguous(),
-             "blocks.0.dense1.bias": get("4x4/Dense1/bias", 1)}
-    fused = None
-    for k, res in enumerate(levels[1:], start=1):
-        scope = f"{res}x{res}"
-        block_fused = f"{scope}/Conv1_down/weight" in v
-        if fused is not None and block_fused != fused:
-            raise CheckpointError(f"{path}: D mixes fused and non-fused blocks")
-        fused = block_fused
-        conv1 = "Conv1_down" if fused else "Conv1"
-        state[f"blocks.{k}.conv0.weight"] = _conv(get(f"{scope}/Conv0/weight", 4))
-        state[f"blocks.{k}.conv0.bias"] = get(f"{scope}/Conv0/bias", 1)
-        state[f"blocks.{k}.conv1.weight"] = _conv(get(f"{scope}/{conv1}/weight", 4))
-        state[f"blocks.{k}.conv1.bias"] = get(f"{scope}/{conv1}/bias", 1)
-    for k in range(len(levels)):
-        lod = len(levels) - 1 - k
-        state[f"from_rgb.{k}.weight"] = _conv(get(f"FromRGB_lod{lod}/weight", 4))
-        state[f"from_rgb.{k}.bias"] = get(f"FromRGB_lod{lod}/bias", 1)
-    head = state["blocks.0.conv.weight"]
+    m = _Mapper(v, "D", path)
+    fused = m.fused("Conv1_down")
+    m.rgb_layers("FromRGB", "from_rgb")
+    for k, res in enumerate(m.levels[1:], start=1):
+        m.layer(f"{res}x{res}/Conv0", f"blocks.{k}.conv0")
+        m.layer(f"{res}x{res}/{'Conv1_down' if fused else 'Conv1'}", f"blocks.{k}.conv1")
+    m.layer("4x4/Conv", "blocks.0.conv")
+    m.layer("4x4/Dense0", "blocks.0.dense0", _dense)
+    m.layer("4x4/Dense1", "blocks.0.dense1", _dense)
+    head = m.state["blocks.0.conv.weight"]
     has_mbstd = head.shape[1] == head.shape[0] + 1
     # The group size changes no shape: the file's own setting (16 in the released networks, converted from
     # the Theano code), else the official default.
     group = int(static_kwargs.get("mbstd_group_size", 4)) if has_mbstd else 1
     if has_mbstd and group < 2:
         raise CheckpointError(f"{path}: D has a minibatch-stddev input but mbstd_group_size {group}")
-    return state, {"mbstd_group_size": group, "d_fused": fused is not False}
+    return m.state, {"mbstd_group_size": group, "d_fused": fused}
