@@ -175,7 +175,8 @@ def render(runs: list[RunCurves], out: Path) -> Path:
         elif drawn:
             ax.legend(loc="best", fontsize="small", framealpha=0.8)
     axes[-1].set_xlabel("kimg (thousands of real images shown)")
-    axes[-1].set_xlim(0, end)
+    start = min(r.phases[0]["start_kimg"] if r.phases else 0.0 for r in runs)  # a fine-tuning run starts late
+    axes[-1].set_xlim(start, end)
     names = ", ".join(r.name for r in runs)
     fig.suptitle(f"{names}" + (f"  (phases of {runs[0].name})" if len(runs) > 1 and runs[0].phases else ""))
     with atomic_write(out) as tmp:

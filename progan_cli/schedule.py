@@ -47,9 +47,11 @@ def schedule_at(cur_nimg: int, cfg: TrainConfig) -> Schedule:
                     phase="stable" if alpha == 1.0 else "fade")
 
 
-def target_stable_nimg(cfg: TrainConfig) -> int:
-    """Real images shown when the schedule reaches the target fully faded in (its last stable phase begins):
-    where a run fine-tuning a grown network (`progan train --init`) starts."""
+def start_nimg(cfg: TrainConfig) -> int:
+    """Real images shown when the run starts: 0, or for a run fine-tuning a grown network (`progan train
+    --init`, `cfg.init` set) where its schedule reaches the target fully faded in (its last stable phase)."""
+    if cfg.init is None:
+        return 0
     return round((len(cfg.resolutions) - 1) * (cfg.stable_kimg + cfg.fade_kimg) * 1000)
 
 
@@ -70,9 +72,10 @@ class PhaseSpan:
 
 
 def phase_spans(cfg: TrainConfig) -> list[PhaseSpan]:
-    """The schedule's phases in order, up to cfg.end_kimg: resolution k (4 * 2^k) fades in over
-    [(k-1) P + stable, k P) and trains alone over [k P, k P + stable), P = stable + fade; the target trains on
-    until the end. Plots shade these; `schedule_at` gives the same answer at every point inside them."""
+    """The schedule's phases in order, from the run's start (`start_nimg`) up to cfg.end_kimg: resolution k
+    (4 * 2^k) fades in over [(k-1) P + stable, k P) and trains alone over [k P, k P + stable), P = stable +
+    fade; the target trains on until the end. Plots shade these; `schedule_at` gives the same answer at every
+    point inside them."""
     period = cfg.stable_kimg + cfg.fade_kimg
     spans = []
     for k, res in enumerate(cfg.resolutions):
@@ -80,8 +83,9 @@ def phase_spans(cfg: TrainConfig) -> list[PhaseSpan]:
             spans.append(PhaseSpan(res, "fade", (k - 1) * period + cfg.stable_kimg, k * period))
         end = cfg.end_kimg if res == cfg.target else k * period + cfg.stable_kimg
         spans.append(PhaseSpan(res, "stable", k * period, end))
-    return [PhaseSpan(s.res, s.phase, s.start_kimg, min(s.end_kimg, cfg.end_kimg))
-            for s in spans if s.start_kimg < cfg.end_kimg]
+    first = start_nimg(cfg) / 1000
+    return [PhaseSpan(s.res, s.phase, max(s.start_kimg, first), min(s.end_kimg, cfg.end_kimg))
+            for s in spans if s.start_kimg < cfg.end_kimg and s.end_kimg > first]
 
 
 def adam_reset_needed(prev_lod: float, lod: float) -> bool:

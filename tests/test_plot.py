@@ -173,3 +173,10 @@ def test_metric_panels_group_a_name_and_its_extensions():
     assert metric_panels([RunCurves("r", "r", series, [])]) == [
         ("fid1000", ("fid1000", "fid1000_paper_ema")), ("kid10k", ("kid10k",)),
         ("pr10k", ("pr10k_precision", "pr10k_recall")), ("swd", ("swd",))]
+
+
+def test_a_fine_tuning_run_s_phases_begin_where_it_starts():
+    # --init: the run starts where its schedule reaches the target (2 growths x 2 kimg = 4 kimg for 16x16)
+    cfg = TrainConfig(data="x.h5", target=16, stable_kimg=1, fade_kimg=1, init="/nets/G.pkl")
+    assert phase_spans(cfg) == [PhaseSpan(16, "stable", 4.0, 5.0)]
+    assert phase_spans(cfg.replace(total_kimg=7.5)) == [PhaseSpan(16, "stable", 4.0, 7.5)]

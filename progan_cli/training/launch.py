@@ -24,7 +24,7 @@ from progan_cli.data.stream import check_data, check_resumed_data
 from progan_cli.devices import use_threads
 from progan_cli.errors import UsageError
 from progan_cli.formats import Networks, load_networks
-from progan_cli.schedule import target_stable_nimg
+from progan_cli.schedule import start_nimg
 from progan_cli.training.distributed import check_batch_split, init_distributed
 from progan_cli.training.loop import Progress, training_loop
 from progan_cli.training.signals import SignalRequests
@@ -165,7 +165,7 @@ def _check_fine_tuning(cfg: TrainConfig, pretrained: Networks, say: Callable[[st
             raise UsageError(f"--init {pretrained.source} is a {cfg.target}x{cfg.target} network, and {cfg.data} "
                              f"holds {pyr.target}x{pyr.target} images; prep the photos again with --target "
                              f"{cfg.target} to fine-tune it")
-    start = target_stable_nimg(cfg) / 1000
+    start = start_nimg(cfg) / 1000
     if cfg.end_kimg <= start:
         raise UsageError(f"--total-kimg {cfg.end_kimg:g}: a fine-tuning run starts at kimg {start:g}, where its "
                          f"schedule reaches {cfg.target}x{cfg.target}; give a larger --total-kimg (the default "

@@ -38,7 +38,7 @@ from progan_cli.networks.latents import latents
 from progan_cli.training.distributed import Distributed
 from progan_cli.training.loss import LOSSES
 from progan_cli.training.rng import rng_state, set_rng_state
-from progan_cli.schedule import Schedule, adam_reset_needed, eta_seconds, schedule_at, target_stable_nimg
+from progan_cli.schedule import Schedule, adam_reset_needed, eta_seconds, schedule_at, start_nimg
 from progan_cli.training.signals import held_while_forking, ignore_in_worker
 from progan_cli.training.step import Nets, StepContext, ema_beta, make_optimizer, train_step
 
@@ -231,13 +231,15 @@ class _Run:
             self.state = LoopState.from_checkpoint(resume, device)
             set_rng_state(resume["rng"], device)
         elif init is not None:
+            if cfg.init is None:
+                raise ValueError("training_loop(init=...) needs cfg.init, the file the networks came from")
             # The file's G, D and G_ema (a lone generator stands for both G and G_ema; D without one stays as
             # built); the schedule starts where it reaches the target, in its stable phase, Adam fresh.
             G.load_state_dict(init.weights.get("G", init.weights.get("G_ema")))
             G_ema.load_state_dict(init.weights.get("G_ema", init.weights.get("G")))
             if "D" in init.weights:
                 D.load_state_dict(init.weights["D"])
-            start = target_stable_nimg(cfg)
+            start = start_nimg(cfg)
             self.state = LoopState(cur_nimg=start, tick_start_nimg=start)
             self.provenance = provenance_after(init, run_dir)
         for net in (G, D, G_ema):
