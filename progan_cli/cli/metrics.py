@@ -14,10 +14,10 @@ import typer
 
 from progan_cli.cli.common import Device, Threads, err_console, print_json, setup_device
 
-SOURCE_HELP = ("A folder of images (recursive), a pyramid .h5 (with --res), a run folder or checkpoint (with --n), "
-               "or FID statistics .npz (mu, sigma).")
+SOURCE_HELP = ("A folder of images (recursive), a pyramid .h5 (with --res), a generator with --n (a run folder, "
+               "checkpoint, export, NVIDIA pickle or pytorch_GAN_zoo checkpoint), or FID statistics .npz (mu, sigma).")
 Res = Annotated[Optional[int], typer.Option("--res", help="Pyramid level to read (default: the pyramid's target).")]
-N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a run or checkpoint (swd: "
+N = Annotated[Optional[int], typer.Option("--n", help="Images to generate from a generator (swd: "
                                           "also the most taken from each image set).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the generated latents (and of SWD's and KID's random "
                                    "draws).")]

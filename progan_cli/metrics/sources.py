@@ -190,7 +190,7 @@ class GeneratorSource(ImageSource):
     @classmethod
     def from_checkpoint(cls, path: Path, n: int, device: torch.device | str, seed: int = 0,
                         res: int | None = None) -> GeneratorSource:
-        """The EMA generator of a run folder, checkpoint file or export, at `res` (default: its resolution)."""
+        """The EMA generator of any network file progan reads, at `res` (default: its resolution)."""
         gen = load_generator(path, device)
         res = gen.check_res(res)
         return cls(gen.net, res, n, device, seed, str(path), gen.alpha(res))
@@ -263,7 +263,7 @@ def _is_run(folder: Path) -> bool:
 
 def open_source(path: Path, res: int | None = None, n: int | None = None, device: torch.device | str = "cpu",
                 seed: int = 0) -> ImageSource | StatsSource:
-    """Pick the source from what `path` is: .npz stats, .h5 pyramid (+res), run, checkpoint or export (+n, and
+    """Pick the source from what `path` is: .npz stats, .h5 pyramid (+res), a generator file (+n, and
     +res to render below its resolution), folder."""
     path = locate(path)  # a published network's name stands for its file in the cache
     if not path.exists():
@@ -274,7 +274,8 @@ def open_source(path: Path, res: int | None = None, n: int | None = None, device
         return PyramidSource(path, res)
     if (path.is_file() and path.suffix.lower() in GENERATOR_SUFFIXES) or (path.is_dir() and _is_run(path)):
         if n is None:
-            raise UsageError(f"{path} is a run, checkpoint or export: say how many images to generate with --n")
+            raise UsageError(f"{path} is a generator (a run, checkpoint, export or published network): say how many "
+                             "images to generate with --n")
         return GeneratorSource.from_checkpoint(path, n, device, seed, res)
     if path.is_dir():
         return FolderSource(path)
