@@ -5,13 +5,15 @@ loads, so a file can run any code (`os.system`, `builtins.exec`) just by naming 
 the gate every such name passes (GLOBAL, STACK_GLOBAL, INST, OBJ and the extension registry all use it):
 names on the allow-list map to harmless objects, everything else stops the load with one line before the
 object is created. NVIDIA's `tfutil.Network` and pytorch_GAN_zoo's `BaseConfig` map to stubs that keep their
-pickled state as plain data; nothing from the file (such as the `build_module_src` the official loader
-exec()s) is ever executed.
+pickled state as plain data; nothing from the file (such as the `build_module_src` that the official loader
+runs through Python's exec) is ever executed. The same gate reads the MTCNN weights that the `mtcnn` package
+ships as joblib pickles (`load_joblib_arrays`).
 """
 
 from __future__ import annotations
 
 import codecs
+import io
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -117,3 +119,58 @@ def load_torch(path: Path, what: str) -> Any:
         raise CheckpointError(f"{path}: not a readable {what} (UnpicklingError)") from None
     except Exception as exc:  # torch raises several kinds for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable {what} ({exc.__class__.__name__})") from None
+
+
+class _ArrayHeader:
+    """Stands in for joblib's `NumpyArrayWrapper`: the header (dtype, shape, order) of an array whose raw bytes
+    follow it in the stream."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    order: str
+
+
+class _JoblibArrays(pickle._Unpickler):  # the Python unpickler: its BUILD can read the bytes after a header
+    dispatch = dict(pickle._Unpickler.dispatch)
+    _ALLOWED = {("joblib.numpy_pickle", "NumpyArrayWrapper"): _ArrayHeader, ("numpy", "ndarray"): np.ndarray,
+                ("numpy", "dtype"): np.dtype, ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT}
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+    def load_build(self) -> None:
+        super().load_build()
+        header = self.stack[-1]
+        if isinstance(header, _ArrayHeader):  # joblib: a padding length byte, the padding, then the data
+            dtype = np.dtype(header.dtype)
+            if dtype.hasobject:
+                raise _Refused("an array of Python objects")
+            if getattr(header, "numpy_array_alignment_bytes", None) is not None:
+                self.read(self.read(1)[0])
+            count = int(np.prod(header.shape, dtype=np.int64))
+            data = self.read(count * dtype.itemsize)
+            self.stack[-1] = np.frombuffer(data, dtype=dtype, count=count).reshape(header.shape, order=header.order)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def load_joblib_arrays(path: Path) -> list[np.ndarray]:
+    """The numpy arrays of an lz4-compressed `joblib.dump` (as the mtcnn package ships its weights), read
+    through the allow-list; CheckpointError otherwise."""
+    import lz4.frame
+
+    try:
+        raw = lz4.frame.decompress(Path(path).read_bytes())
+        arrays = _JoblibArrays(io.BytesIO(raw)).load()  # allow-listed
+    except _Refused as exc:
+        raise CheckpointError(f"{path}: not readable weights: it asks for {exc}, which could run code") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError) as exc:  # lz4 raises RuntimeError for a damaged frame
+        raise CheckpointError(f"{path}: not readable weights ({exc.__class__.__name__})") from None
+    if not isinstance(arrays, list) or not all(isinstance(a, np.ndarray) for a in arrays):
+        raise CheckpointError(f"{path}: not a list of arrays")
+    return arrays

@@ -90,11 +90,11 @@ def weights_file(name: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def keras_weights(name: str) -> tuple[np.ndarray, ...]:
-    """The float32 arrays of one network in Keras get_weights() order; unpickled once per process and kept
-    read-only so no caller can alter the cached copy."""
-    import joblib
+    """The float32 arrays of one network in Keras get_weights() order; read once per process (joblib's format,
+    through the allow-list unpickler) and kept read-only so no caller can alter the cached copy."""
+    from progan_cli.unpickle import load_joblib_arrays
 
-    arrays = tuple(np.array(a, dtype=np.float32) for a in joblib.load(weights_file(name)))
+    arrays = tuple(np.array(a, dtype=np.float32) for a in load_joblib_arrays(weights_file(name)))
     for a in arrays:
         a.flags.writeable = False
     return arrays

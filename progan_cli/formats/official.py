@@ -3,7 +3,8 @@
 A pickle holds the tuple (G, D, Gs) of `tfutil.Network` objects; each pickles as the dict its
 `__getstate__` returns, whose `variables` are (name, float32 array) pairs in TensorFlow layouts. The
 architecture (resolution, widths, latent size, channels, labels) is read from the arrays' shapes, never from
-`static_kwargs` or the name; `build_module_src`, the source the official loader exec()s, is ignored.
+`static_kwargs` or the name; `build_module_src`, the source that the official loader runs through Python's
+exec, is ignored.
 
 Layouts (official networks.py): dense [in, out]; conv [kh, kw, in, out], a cross-correlation like torch's;
 the fused up-convolution `Conv0_up` [k, k, out, in] is a transposed convolution, which equals a plain
