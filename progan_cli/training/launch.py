@@ -58,7 +58,8 @@ def train(options: dict[str, Any], *, data: Path | None = None, resume: Path | N
           metrics: Callable[[TrainConfig, torch.device], Callable[[nn.Module, int], dict[str, float]]] | None = None,
           log_sink: Callable[[Path, int | None], LogSink] | None = None) -> Outcome:
     """Start (or with `resume`, continue; with `init`, fine-tune the networks of that file) a run and train this
-    process's share of it until it ends or a signal stops it. `say`/`warn` get one-line messages on rank 0 only; `on_progress` is the loop's hook.
+    process's share of it until it ends or a signal stops it. `say`/`warn` get one-line messages on rank 0
+    only; `on_progress` is the loop's hook.
     The caller brings what consumes the run (training depends on neither): `metrics(cfg, device)` makes the
     callback that scores G_ema when the run asks for metrics; `log_sink(run_dir, resumed_nimg)` opens on
     rank 0 a consumer of each tick's log line (TensorBoard)."""
